@@ -1,0 +1,6 @@
+//! huntflow: exactly-once stream processing for live treasure hunts.
+//!
+//! Data flows one way: source (`ingest`, `simulate`) -> `kafka` -> stages ->
+//! sinks. The binary in `main.rs` only parses the command line.
+
+pub mod topology;
