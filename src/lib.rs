@@ -4,3 +4,5 @@
 //! sinks. The binary in `main.rs` only parses the command line.
 
 pub mod topology;
+pub mod event;
+pub mod config;
