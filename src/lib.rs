@@ -6,3 +6,6 @@
 pub mod topology;
 pub mod event;
 pub mod config;
+pub mod kafka;
+pub mod ingest;
+pub mod telemetry;

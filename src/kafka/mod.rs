@@ -1,0 +1,92 @@
+//! Everything that talks the Kafka protocol: the embedded broker, topic
+//! administration and the idempotent producer used by ingest.
+
+mod admin;
+mod embedded;
+mod headers;
+mod producer;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+pub use admin::{check_topics, create_topics, Drift, TopicPlan};
+pub use embedded::EmbeddedBroker;
+pub use headers::{header_str, HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_REASON_CODE, HEADER_SCHEMA, HEADER_SHARD, HEADER_STAGE, HEADER_TOPOLOGY_HASH};
+pub use producer::{DeadLetter, EventProducer, ProduceError};
+
+use crate::config::Settings;
+use crate::topology::Topology;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka client error: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("embedded broker: {0}")]
+    Embedded(String),
+    #[error("topic administration: {0}")]
+    Admin(String),
+    #[error("blocking task failed: {0}")]
+    Join(String),
+}
+
+/// Where the brokers are, plus the librdkafka passthrough settings.
+/// Holding a `Cluster` keeps an embedded broker alive.
+pub struct Cluster {
+    bootstrap: String,
+    passthrough: BTreeMap<String, String>,
+    embedded: Option<EmbeddedBroker>,
+}
+
+impl Cluster {
+    /// Connects to the configured brokers, or starts the embedded 3-broker
+    /// mock cluster with the topology's topics when none are configured.
+    pub fn connect(settings: &Settings, topology: &Topology) -> Result<Self, KafkaError> {
+        match &settings.brokers {
+            Some(bootstrap) => Ok(Self { bootstrap: bootstrap.clone(), passthrough: settings.kafka.clone(), embedded: None }),
+            None => {
+                let broker = EmbeddedBroker::start(3, None)?;
+                broker.create_topics(topology)?;
+                Ok(Self { bootstrap: broker.bootstrap().to_owned(), passthrough: settings.kafka.clone(), embedded: Some(broker) })
+            }
+        }
+    }
+
+    /// A cluster at an explicit bootstrap address (tests, tools).
+    pub fn at(bootstrap: impl Into<String>) -> Self {
+        Self { bootstrap: bootstrap.into(), passthrough: BTreeMap::new(), embedded: None }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// Base client config: bootstrap plus passthrough settings.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in &self.passthrough {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// True when the brokers answer a metadata request and every named topic exists.
+    pub async fn topics_present(&self, names: Vec<String>, timeout: Duration) -> Result<Vec<String>, KafkaError> {
+        let config = self.client_config();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer = config.create()?;
+            let md = consumer.fetch_metadata(None, timeout)?;
+            let present: Vec<&str> = md.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
+            Ok(names.into_iter().filter(|n| !present.contains(&n.as_str())).collect())
+        })
+        .await
+        .map_err(|e| KafkaError::Join(e.to_string()))?
+    }
+}
