@@ -9,3 +9,7 @@ pub mod config;
 pub mod kafka;
 pub mod ingest;
 pub mod telemetry;
+pub mod simulate;
+pub mod run;
+pub mod signals;
+pub mod bench;

@@ -1,1 +1,277 @@
-fn main(){}
+//! The `huntflow` binary: parses the command line and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use huntflow::config::{self, Overrides, Settings};
+use huntflow::simulate::{SimulateOptions, TrafficShape};
+use huntflow::topology::Topology;
+
+#[derive(Parser)]
+#[command(name = "huntflow", version, about = "Exactly-once stream processing for live treasure hunts")]
+struct Cli {
+    /// Settings file (e.g. config/local.yaml). Precedence: defaults < file < HUNTFLOW_* env < flags.
+    #[arg(long, global = true, env = "HUNTFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    /// Bootstrap servers; empty starts the embedded broker.
+    #[arg(long, global = true)]
+    brokers: Option<String>,
+    /// topology.yaml to use.
+    #[arg(long, global = true)]
+    topology: Option<PathBuf>,
+    /// Directory for local state.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// Ingest listen address (port 0 picks a free port).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The main job: broker (embedded unless configured) + ingest + simulated shards.
+    Run {
+        #[command(flatten)]
+        sim: SimArgs,
+    },
+    /// Serve the HTTP ingest gateway until SIGTERM.
+    Ingest,
+    /// Simulated game shards posting to an ingest URL or straight to Kafka.
+    Simulate {
+        #[command(flatten)]
+        sim: SimArgs,
+        /// Ingest base URL; tokens come from HUNTFLOW_SHARD_TOKENS (shard-0=..,shard-1=..).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Produce straight to the events topic instead of posting over HTTP.
+        #[arg(long)]
+        direct: bool,
+    },
+    /// Run the embedded broker alone and print its bootstrap address.
+    Broker {
+        /// Fixed first port; broker i listens on PORT+i.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Number of brokers.
+        #[arg(long, default_value_t = 3)]
+        count: i32,
+    },
+    /// Create or check the topology's topics on a cluster.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Topology file tools.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+    /// Print the effective settings, secrets redacted.
+    Config,
+    /// Benchmarks that print numbers (no thresholds).
+    Bench {
+        #[command(subcommand)]
+        which: BenchWhich,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create missing topics with safe settings.
+    Create,
+    /// Report drift of existing topics, field by field (exit 1 on drift).
+    Check,
+}
+
+#[derive(Subcommand)]
+enum TopologyAction {
+    /// Report every problem of FILE at once (exit 1 if any).
+    Validate { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum BenchWhich {
+    /// Ingest over HTTP (batches of 500) and the event producer, each next to
+    /// a raw rdkafka producer pushing the same payloads.
+    Ingest {
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+    },
+}
+
+#[derive(Args, Clone)]
+struct SimArgs {
+    /// Stop after this many events (default: run until Ctrl-C).
+    #[arg(long)]
+    events: Option<u64>,
+    #[arg(long, default_value_t = 8)]
+    shards: usize,
+    #[arg(long, default_value_t = 10_000)]
+    players: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Overall events per second (default: as fast as ingest allows).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Share of retried duplicates.
+    #[arg(long, default_value_t = 0.05)]
+    duplicates: f64,
+    /// Share of malformed or invalid events.
+    #[arg(long, default_value_t = 0.01)]
+    malformed: f64,
+    /// Share of events later than the prize window's grace.
+    #[arg(long, default_value_t = 0.01)]
+    late: f64,
+    /// Distinct chest keys (fewer keys, more collisions across shards).
+    #[arg(long, default_value_t = 5_000)]
+    chest_keys: u64,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl SimArgs {
+    fn options(&self) -> SimulateOptions {
+        SimulateOptions {
+            shards: self.shards,
+            events: self.events,
+            batch_size: self.batch_size,
+            rate: self.rate,
+            progress: !self.no_progress,
+            shape: TrafficShape {
+                seed: self.seed,
+                players: self.players,
+                chest_keys: self.chest_keys,
+                duplicate_ratio: self.duplicates,
+                malformed_ratio: self.malformed,
+                late_ratio: self.late,
+                ..TrafficShape::default()
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    huntflow::telemetry::init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let overrides = Overrides { brokers: cli.brokers, topology: cli.topology, state_dir: cli.state_dir, listen: cli.listen };
+    let load = || Settings::load(cli.config.as_deref(), &config::process_env(), &overrides);
+    match cli.command {
+        Command::Topology { action: TopologyAction::Validate { file } } => Ok(validate(&file)),
+        Command::Config => {
+            print!("{}", load()?.describe());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { sim } => {
+            let settings = load()?;
+            let opts = huntflow::run::RunOptions { simulate: sim.options() };
+            let report = huntflow::run::main_job(settings, opts, huntflow::signals::shutdown_token()).await?;
+            println!("broker {}  ingest http://{}", report.bootstrap, report.ingest_addr);
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest => {
+            huntflow::run::ingest_until(load()?, huntflow::signals::shutdown_token()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { sim, url, direct } => {
+            let settings = load()?;
+            let topology = Topology::load(&settings.topology)?;
+            let target = if direct {
+                let cluster = huntflow::kafka::Cluster::connect(&settings, &topology)?;
+                let producer = huntflow::kafka::EventProducer::new(&cluster, &topology, settings.ingest.delivery_timeout)?;
+                huntflow::simulate::Target::Kafka(producer)
+            } else {
+                let text = std::env::var("HUNTFLOW_SHARD_TOKENS").context("HUNTFLOW_SHARD_TOKENS is required to post over HTTP")?;
+                let tokens = config::parse_token_pairs(&text).map_err(anyhow::Error::msg)?;
+                huntflow::simulate::Target::Http { base_url: url, tokens }
+            };
+            let report = huntflow::simulate::run(&topology, target, sim.options(), huntflow::signals::shutdown_token()).await?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Broker { port, count } => {
+            let settings = load()?;
+            let topology = Topology::load(&settings.topology)?;
+            let broker = huntflow::kafka::EmbeddedBroker::start(count, port)?;
+            broker.create_topics(&topology)?;
+            println!("{}", broker.bootstrap());
+            huntflow::signals::shutdown_token().cancelled().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topics { action } => {
+            let settings = load()?;
+            let topology = Topology::load(&settings.topology)?;
+            let bootstrap = settings.brokers.clone().context("topics commands need --brokers (or HUNTFLOW_BROKERS)")?;
+            let mut cluster = huntflow::kafka::Cluster::at(bootstrap);
+            cluster.set_passthrough(settings.kafka.clone());
+            let plan = huntflow::kafka::TopicPlan::from_topology(&topology);
+            let timeout = Duration::from_secs(30);
+            match action {
+                TopicsAction::Create => {
+                    let created = huntflow::kafka::create_topics(&cluster, &plan, timeout).await?;
+                    println!("created {} topic(s), {} already present", created.len(), plan.len() - created.len());
+                    for name in created {
+                        println!("  + {name}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                TopicsAction::Check => {
+                    let drift = huntflow::kafka::check_topics(&cluster, &plan, timeout).await?;
+                    if drift.is_empty() {
+                        println!("{} topic(s) match the topology", plan.len());
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    println!("{} difference(s):", drift.len());
+                    for d in drift {
+                        println!("  {d}");
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Bench { which: BenchWhich::Ingest { events } } => {
+            let settings = load()?;
+            let report = huntflow::bench::ingest(&settings, events).await?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    match Topology::load(file) {
+        Ok(t) => {
+            println!("{}: valid (topology hash {})", file.display(), t.hash());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}: {e}", file.display());
+            ExitCode::from(1)
+        }
+    }
+}

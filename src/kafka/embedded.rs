@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
 use super::{KafkaError, TopicPlan};
@@ -50,7 +51,10 @@ impl EmbeddedBroker {
         let mock = self.mock()?;
         let brokers = self.bootstrap.split(',').count() as i32;
         for t in TopicPlan::from_topology(topology) {
-            mock.create_topic(&t.name, t.partitions, t.replication_factor.min(brokers))?;
+            match mock.create_topic(&t.name, t.partitions, t.replication_factor.min(brokers)) {
+                Err(rdkafka::error::KafkaError::MockCluster(RDKafkaErrorCode::TopicAlreadyExists)) | Ok(()) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }

@@ -90,3 +90,46 @@ impl Cluster {
         .map_err(|e| KafkaError::Join(e.to_string()))?
     }
 }
+
+impl Cluster {
+    /// Records per topic (sum of high minus low watermarks). Exact for topics
+    /// written without transactions, which is all of ingest's.
+    pub async fn record_counts(&self, topics: Vec<String>, timeout: Duration) -> Result<Vec<(String, i64)>, KafkaError> {
+        let config = self.client_config();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer = config.create()?;
+            let mut out = Vec::new();
+            for topic in topics {
+                let md = consumer.fetch_metadata(Some(&topic), timeout)?;
+                let mut total = 0;
+                for t in md.topics() {
+                    for p in t.partitions() {
+                        let (low, high) = consumer.fetch_watermarks(&topic, p.id(), timeout)?;
+                        total += high - low;
+                    }
+                }
+                out.push((topic, total));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| KafkaError::Join(e.to_string()))?
+    }
+
+    /// Ensures the topology's topics exist: through the mock API on the
+    /// embedded broker, through CreateTopics elsewhere.
+    pub async fn ensure_topics(&self, topology: &Topology, timeout: Duration) -> Result<(), KafkaError> {
+        match &self.embedded {
+            Some(b) => b.create_topics(topology),
+            None => create_topics(self, &TopicPlan::from_topology(topology), timeout).await.map(|_| ()),
+        }
+    }
+}
+
+impl Cluster {
+    /// librdkafka settings applied to every client of this cluster.
+    pub fn set_passthrough(&mut self, passthrough: BTreeMap<String, String>) {
+        self.passthrough = passthrough;
+    }
+}

@@ -89,6 +89,20 @@ impl EventProducer {
             .collect()
     }
 
+    /// Sends pre-encoded records to the events topic as they are, valid or
+    /// not: `simulate --direct` uses it to feed the claim stage garbage too.
+    pub async fn send_raw_events(&self, records: &[(&str, &[u8])]) -> Vec<Result<(), ProduceError>> {
+        let sends = records.iter().map(|(key, payload)| {
+            let record = FutureRecord::to(&self.events_topic).key(*key).payload(*payload).headers(self.base_headers("game-event/v1"));
+            self.inner.send(record, Timeout::After(self.queue_timeout))
+        });
+        join_all(sends)
+            .await
+            .into_iter()
+            .map(|r| r.map(|_| ()).map_err(|(e, _)| ProduceError::Delivery(e)))
+            .collect()
+    }
+
     pub async fn send_dead_letter(&self, dl: DeadLetter<'_>) -> Result<(), ProduceError> {
         let kept = &dl.original[..dl.original.len().min(MAX_DEAD_LETTER_BYTES)];
         let size = dl.original.len().to_string();

@@ -75,6 +75,15 @@ impl Topology {
         Ok(Self::from_valid_spec(spec))
     }
 
+    /// Validates an in-memory spec (tests and benchmarks adjust the shipped one).
+    pub fn from_spec(spec: TopologySpec) -> Result<Self, TopologyError> {
+        let problems = validate::validate(&spec);
+        if !problems.is_empty() {
+            return Err(TopologyError::Invalid(problems));
+        }
+        Ok(Self::from_valid_spec(spec))
+    }
+
     fn from_valid_spec(spec: TopologySpec) -> Self {
         let hash = content_hash(&spec.hunts);
         let tiers = spec
