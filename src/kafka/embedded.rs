@@ -64,6 +64,22 @@ impl EmbeddedBroker {
         Ok(self.mock()?.create_topic(name, partitions, replication)?)
     }
 
+    /// Ids of the mock brokers (1..=count).
+    pub fn broker_ids(&self) -> Vec<i32> {
+        (1..=self.bootstrap.split(',').count() as i32).collect()
+    }
+
+    /// Fault injection: delay every response of `broker` by `rtt`.
+    pub fn set_round_trip_time(&self, broker: i32, rtt: std::time::Duration) -> Result<(), KafkaError> {
+        Ok(self.mock()?.broker_round_trip_time(broker, rtt)?)
+    }
+
+    /// Fault injection: take `broker` down (connections refused) or back up.
+    pub fn set_broker_up(&self, broker: i32, up: bool) -> Result<(), KafkaError> {
+        let mock = self.mock()?;
+        Ok(if up { mock.broker_up(broker)? } else { mock.broker_down(broker)? })
+    }
+
     fn mock(&self) -> Result<rdkafka::mocking::MockCluster<'_, DefaultProducerContext>, KafkaError> {
         self.handle.client().mock_cluster().ok_or_else(|| KafkaError::Embedded("mock cluster is gone".into()))
     }

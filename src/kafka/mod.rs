@@ -133,3 +133,10 @@ impl Cluster {
         self.passthrough = passthrough;
     }
 }
+
+impl Cluster {
+    /// The embedded broker, when this cluster is one (fault injection in tests).
+    pub fn embedded(&self) -> Option<&EmbeddedBroker> {
+        self.embedded.as_ref()
+    }
+}

@@ -1,0 +1,121 @@
+//! Shared test helpers: real brokers (the embedded mock cluster over TCP, or
+//! a Tansu process), a real ingest server on port 0, and a plain rdkafka
+//! consumer that reads what was written.
+#![allow(dead_code)]
+
+pub mod tansu;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use huntflow::config::{Settings, ShardTokens};
+use huntflow::kafka::Cluster;
+use huntflow::run::{start_ingest, IngestHandle};
+use huntflow::topology::{Topology, TopologySpec};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+pub const SHIPPED: &str = include_str!("../../topology/treasure-hunt.yaml");
+
+pub fn shipped_spec() -> TopologySpec {
+    Topology::parse(SHIPPED).expect("shipped topology").spec().clone()
+}
+
+/// The shipped topology with limits loose enough not to interfere.
+pub fn test_topology(tweak: impl FnOnce(&mut TopologySpec)) -> Topology {
+    let mut spec = shipped_spec();
+    spec.ingest.events_per_second_per_shard = 1_000_000;
+    spec.ingest.burst_per_shard = 100_000;
+    tweak(&mut spec);
+    Topology::from_spec(spec).expect("valid test topology")
+}
+
+pub fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..10).map(|_| (b'a' + rng.random_range(0..26u8)) as char).collect()
+}
+
+pub struct Harness {
+    pub topology: Topology,
+    pub cluster: Arc<Cluster>,
+    pub ingest: Option<IngestHandle>,
+    pub stop: CancellationToken,
+    pub tokens: Vec<(String, String)>,
+    pub base_url: String,
+}
+
+impl Harness {
+    /// Embedded broker + ingest on 127.0.0.1:0 with `shards` shard tokens.
+    pub async fn start(topology: Topology, shards: usize, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings::default();
+        settings.ingest.listen = "127.0.0.1:0".parse().unwrap();
+        tweak(&mut settings);
+        let cluster = Arc::new(Cluster::connect(&settings, &topology).expect("embedded broker"));
+        let (tokens, pairs) = ShardTokens::generate(shards);
+        let stop = CancellationToken::new();
+        let ingest = start_ingest(&settings, &topology, cluster.clone(), tokens, stop.clone()).await.expect("ingest starts");
+        let base_url = format!("http://{}", ingest.addr);
+        Self { topology, cluster, ingest: Some(ingest), stop, tokens: pairs, base_url }
+    }
+
+    pub fn token(&self, shard: &str) -> String {
+        self.tokens.iter().find(|(s, _)| s == shard).map(|(_, t)| t.clone()).expect("token")
+    }
+
+    pub fn events_url(&self, shard: &str) -> String {
+        format!("{}/v1/shards/{shard}/events", self.base_url)
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(i) = self.ingest.take() {
+            i.join().await.expect("ingest drains");
+        }
+    }
+}
+
+/// Reads `topic` from the beginning until `expected` records arrived or
+/// `timeout` passed; returns what it got.
+pub async fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", format!("test-{}", random_suffix()))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .expect("consumer");
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(&topic, p.id(), Offset::Beginning).expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < expected && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(m.detach());
+            }
+        }
+        // Linger briefly to catch anything beyond `expected`.
+        let linger = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < linger {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                out.push(m.detach());
+            }
+        }
+        out
+    })
+    .await
+    .expect("reader thread")
+}
+
+pub fn payload_str(m: &OwnedMessage) -> String {
+    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()
+}
