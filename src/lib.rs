@@ -13,3 +13,8 @@ pub mod simulate;
 pub mod run;
 pub mod signals;
 pub mod bench;
+pub mod state;
+pub mod stage;
+pub mod claim;
+pub mod ranking;
+pub mod windowing;

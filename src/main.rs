@@ -41,6 +41,16 @@ enum Command {
     },
     /// Serve the HTTP ingest gateway until SIGTERM.
     Ingest,
+    /// Run one stage worker (consumer-group member) until SIGTERM.
+    Worker {
+        /// Stage to run. Only `claim` is built so far; `score` and `rank` are not.
+        #[arg(long, value_parser = ["claim"])]
+        stage: String,
+        /// Stable instance number (the StatefulSet ordinal): fixes the
+        /// transactional.id, so a restarted worker fences its predecessor.
+        #[arg(long, env = "HUNTFLOW_INSTANCE", default_value_t = 0)]
+        instance: u32,
+    },
     /// Simulated game shards posting to an ingest URL or straight to Kafka.
     Simulate {
         #[command(flatten)]
@@ -196,6 +206,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Ingest => {
             huntflow::run::ingest_until(load()?, huntflow::signals::shutdown_token()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker { stage: _, instance } => {
+            let report = huntflow::run::claim_worker(load()?, instance, huntflow::signals::shutdown_token()).await?;
+            println!(
+                "claim worker {instance} stopped: {} processed, {} skipped, {} commits, {} aborts, {} records restored",
+                report.processed, report.skipped, report.commits, report.aborts, report.restored
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate { sim, url, direct } => {

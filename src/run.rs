@@ -27,6 +27,8 @@ pub enum RunError {
     Simulate(#[from] simulate::SimulateError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Stage(#[from] crate::stage::StageError),
     #[error("no shard tokens configured: set HUNTFLOW_SHARD_TOKENS or shard_tokens_file")]
     NoTokens,
 }
@@ -139,4 +141,36 @@ pub async fn main_job(settings: Settings, opts: RunOptions, shutdown: Cancellati
         events_in_topic: counts[0].1,
         dead_letters_in_topic: counts[1].1,
     })
+}
+
+/// The claim stage worker's configuration for `instance` (e.g. the pod
+/// ordinal): deterministic `transactional.id`, one state directory per
+/// instance.
+pub fn claim_worker_config(settings: &Settings, cluster: &Cluster, topology: &Topology, instance: u32) -> crate::stage::WorkerConfig {
+    let spec = topology.spec();
+    let topics = &spec.topics;
+    crate::stage::WorkerConfig {
+        client: cluster.client_config(),
+        group_id: "huntflow-claim".into(),
+        transactional_id: format!("huntflow-claim-{instance}"),
+        input_topic: topics.events.name.clone(),
+        output_topic: topics.accepted.name.clone(),
+        dead_letter_topic: topics.dead_letter.name.clone(),
+        changelog_topic: format!("{}claim", topics.changelog_prefix),
+        topology_hash: topology.hash().to_owned(),
+        state_dir: settings.state_dir.join(format!("claim-{instance}")),
+        commit_interval: spec.stages.commit_interval.0,
+        transaction_timeout: Duration::from_secs(30),
+        session_timeout: Duration::from_secs(10),
+    }
+}
+
+/// `huntflow worker --stage claim`: runs until SIGTERM, then commits the open
+/// transaction and returns.
+pub async fn claim_worker(settings: Settings, instance: u32, shutdown: CancellationToken) -> Result<crate::stage::WorkerReport, RunError> {
+    let topology = Topology::load(&settings.topology)?;
+    let cluster = Cluster::connect(&settings, &topology)?;
+    let registry = Registry::new();
+    let cfg = claim_worker_config(&settings, &cluster, &topology, instance);
+    Ok(crate::stage::run_worker(cfg, crate::claim::ClaimStage::new(&topology), &registry, shutdown).await?)
 }

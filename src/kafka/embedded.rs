@@ -80,6 +80,12 @@ impl EmbeddedBroker {
         Ok(if up { mock.broker_up(broker)? } else { mock.broker_down(broker)? })
     }
 
+    /// Fault injection: the next requests of `api` fail with `errors`, in order.
+    pub fn inject_request_errors(&self, api: rdkafka::types::RDKafkaApiKey, errors: &[rdkafka::types::RDKafkaRespErr]) -> Result<(), KafkaError> {
+        self.mock()?.request_errors(api, errors);
+        Ok(())
+    }
+
     fn mock(&self) -> Result<rdkafka::mocking::MockCluster<'_, DefaultProducerContext>, KafkaError> {
         self.handle.client().mock_cluster().ok_or_else(|| KafkaError::Embedded("mock cluster is gone".into()))
     }
