@@ -34,21 +34,13 @@ fn event(id: &str, player: &str, chest: Option<&str>, time: i64) -> GameEvent {
 }
 
 fn worker_config(cluster: &Cluster, topology: &Topology, state_dir: &Path, instance: u32) -> WorkerConfig {
-    let topics = &topology.spec().topics;
-    WorkerConfig {
-        client: cluster.client_config(),
-        group_id: "huntflow-claim".into(),
-        transactional_id: format!("huntflow-claim-{instance}"),
-        input_topic: topics.events.name.clone(),
-        output_topic: topics.accepted.name.clone(),
-        dead_letter_topic: topics.dead_letter.name.clone(),
-        changelog_topic: format!("{}claim", topics.changelog_prefix),
-        topology_hash: topology.hash().into(),
-        state_dir: state_dir.to_path_buf(),
-        commit_interval: Duration::from_millis(100),
-        transaction_timeout: Duration::from_secs(10),
-        session_timeout: Duration::from_secs(6),
-    }
+    let mut settings = huntflow::config::Settings::default();
+    settings.state_dir = state_dir.to_path_buf();
+    let mut cfg = huntflow::run::claim_worker_config(&settings, cluster, topology, instance);
+    cfg.state_dir = state_dir.to_path_buf();
+    cfg.transaction_timeout = Duration::from_secs(10);
+    cfg.session_timeout = Duration::from_secs(6);
+    cfg
 }
 
 /// Runs one claim worker until the accepted + dead-letter topics hold

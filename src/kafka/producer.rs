@@ -33,6 +33,12 @@ pub struct DeadLetter<'a> {
     pub original: &'a [u8],
 }
 
+type Delivery = Result<(i32, i64), (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage)>;
+
+fn acks(results: Vec<Delivery>) -> Vec<Result<(), ProduceError>> {
+    results.into_iter().map(|r| r.map(|_| ()).map_err(|(e, _)| ProduceError::Delivery(e))).collect()
+}
+
 #[derive(Clone)]
 pub struct EventProducer {
     inner: FutureProducer,
@@ -82,11 +88,7 @@ impl EventProducer {
             // on a full local queue: that wait is our backpressure.
             self.inner.send(record, Timeout::After(self.queue_timeout))
         });
-        join_all(sends)
-            .await
-            .into_iter()
-            .map(|r| r.map(|_| ()).map_err(|(e, _)| ProduceError::Delivery(e)))
-            .collect()
+        acks(join_all(sends).await)
     }
 
     /// Sends pre-encoded records to the events topic as they are, valid or
@@ -96,11 +98,7 @@ impl EventProducer {
             let record = FutureRecord::to(&self.events_topic).key(*key).payload(*payload).headers(self.base_headers("game-event/v1"));
             self.inner.send(record, Timeout::After(self.queue_timeout))
         });
-        join_all(sends)
-            .await
-            .into_iter()
-            .map(|r| r.map(|_| ()).map_err(|(e, _)| ProduceError::Delivery(e)))
-            .collect()
+        acks(join_all(sends).await)
     }
 
     pub async fn send_dead_letter(&self, dl: DeadLetter<'_>) -> Result<(), ProduceError> {
