@@ -33,7 +33,7 @@ pub struct DeadLetter<'a> {
     pub original: &'a [u8],
 }
 
-type Delivery = Result<(i32, i64), (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage)>;
+type Delivery = Result<rdkafka::producer::future_producer::Delivery, (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage)>;
 
 fn acks(results: Vec<Delivery>) -> Vec<Result<(), ProduceError>> {
     results.into_iter().map(|r| r.map(|_| ()).map_err(|(e, _)| ProduceError::Delivery(e))).collect()
