@@ -188,7 +188,14 @@ async fn a_slow_broker_makes_ingest_push_back_with_503_instead_of_queueing() {
         let body = ndjson(&(0..100).map(|i| event(i, "shard-0", EventKind::ClueSolved)).collect::<Vec<_>>());
         tokio::spawn(async move { reqwest::Client::new().post(url).bearer_auth(token).body(body).send().await.unwrap().status() })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait (bounded) until the first batch holds the whole budget.
+    for _ in 0..100 {
+        let m = reqwest::get(format!("{}/metrics", h.base_url)).await.unwrap().text().await.unwrap();
+        if m.contains("huntflow_ingest_in_flight_events 100") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let r = post(&h, "shard-1", &h.token("shard-1"), ndjson(&[event(0, "shard-1", EventKind::ClueSolved)])).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
