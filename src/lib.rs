@@ -3,18 +3,18 @@
 //! Data flows one way: source (`ingest`, `simulate`) -> `kafka` -> stages ->
 //! sinks. The binary in `main.rs` only parses the command line.
 
-pub mod topology;
-pub mod event;
+pub mod bench;
+pub mod claim;
 pub mod config;
-pub mod kafka;
+pub mod event;
 pub mod ingest;
-pub mod telemetry;
-pub mod simulate;
+pub mod kafka;
+pub mod ranking;
 pub mod run;
 pub mod signals;
-pub mod bench;
-pub mod state;
+pub mod simulate;
 pub mod stage;
-pub mod claim;
-pub mod ranking;
+pub mod state;
+pub mod telemetry;
+pub mod topology;
 pub mod windowing;

@@ -188,7 +188,8 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
-    let overrides = Overrides { brokers: cli.brokers, topology: cli.topology, state_dir: cli.state_dir, listen: cli.listen };
+    let overrides =
+        Overrides { brokers: cli.brokers, topology: cli.topology, state_dir: cli.state_dir, listen: cli.listen };
     let load = || Settings::load(cli.config.as_deref(), &config::process_env(), &overrides);
     match cli.command {
         Command::Topology { action: TopologyAction::Validate { file } } => Ok(validate(&file)),
@@ -221,14 +222,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let topology = Topology::load(&settings.topology)?;
             let target = if direct {
                 let cluster = huntflow::kafka::Cluster::connect(&settings, &topology)?;
-                let producer = huntflow::kafka::EventProducer::new(&cluster, &topology, settings.ingest.delivery_timeout)?;
+                let producer =
+                    huntflow::kafka::EventProducer::new(&cluster, &topology, settings.ingest.delivery_timeout)?;
                 huntflow::simulate::Target::Kafka(producer)
             } else {
-                let text = std::env::var("HUNTFLOW_SHARD_TOKENS").context("HUNTFLOW_SHARD_TOKENS is required to post over HTTP")?;
+                let text = std::env::var("HUNTFLOW_SHARD_TOKENS")
+                    .context("HUNTFLOW_SHARD_TOKENS is required to post over HTTP")?;
                 let tokens = config::parse_token_pairs(&text).map_err(anyhow::Error::msg)?;
                 huntflow::simulate::Target::Http { base_url: url, tokens }
             };
-            let report = huntflow::simulate::run(&topology, target, sim.options(), huntflow::signals::shutdown_token()).await?;
+            let report =
+                huntflow::simulate::run(&topology, target, sim.options(), huntflow::signals::shutdown_token()).await?;
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }

@@ -62,7 +62,14 @@ pub async fn start_ingest(
 ) -> Result<IngestHandle, RunError> {
     let registry = Registry::new();
     let producer = EventProducer::new(&cluster, topology, settings.ingest.delivery_timeout)?;
-    let state = Arc::new(IngestState::new(topology.clone(), &settings.ingest, tokens, producer, cluster.clone(), registry.clone()));
+    let state = Arc::new(IngestState::new(
+        topology.clone(),
+        &settings.ingest,
+        tokens,
+        producer,
+        cluster.clone(),
+        registry.clone(),
+    ));
     let listener = TcpListener::bind(settings.ingest.listen)
         .await
         .map_err(|source| RunError::Bind { addr: settings.ingest.listen, source })?;
@@ -113,7 +120,11 @@ impl std::fmt::Display for RunReport {
 
 /// `huntflow run`: broker (embedded unless configured) + ingest + simulated
 /// shards over HTTP. Stops after `events` or when `shutdown` fires.
-pub async fn main_job(settings: Settings, opts: RunOptions, shutdown: CancellationToken) -> Result<RunReport, RunError> {
+pub async fn main_job(
+    settings: Settings,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<RunReport, RunError> {
     let topology = Topology::load(&settings.topology)?;
     let cluster = Cluster::connect(&settings, &topology)?;
     cluster.ensure_topics(&topology, Duration::from_secs(30)).await?;
@@ -146,7 +157,12 @@ pub async fn main_job(settings: Settings, opts: RunOptions, shutdown: Cancellati
 /// The claim stage worker's configuration for `instance` (e.g. the pod
 /// ordinal): deterministic `transactional.id`, one state directory per
 /// instance.
-pub fn claim_worker_config(settings: &Settings, cluster: &Cluster, topology: &Topology, instance: u32) -> crate::stage::WorkerConfig {
+pub fn claim_worker_config(
+    settings: &Settings,
+    cluster: &Cluster,
+    topology: &Topology,
+    instance: u32,
+) -> crate::stage::WorkerConfig {
     let spec = topology.spec();
     let topics = &spec.topics;
     crate::stage::WorkerConfig {
@@ -167,7 +183,11 @@ pub fn claim_worker_config(settings: &Settings, cluster: &Cluster, topology: &To
 
 /// `huntflow worker --stage claim`: runs until SIGTERM, then commits the open
 /// transaction and returns.
-pub async fn claim_worker(settings: Settings, instance: u32, shutdown: CancellationToken) -> Result<crate::stage::WorkerReport, RunError> {
+pub async fn claim_worker(
+    settings: Settings,
+    instance: u32,
+    shutdown: CancellationToken,
+) -> Result<crate::stage::WorkerReport, RunError> {
     let topology = Topology::load(&settings.topology)?;
     let cluster = Cluster::connect(&settings, &topology)?;
     let registry = Registry::new();

@@ -106,7 +106,12 @@ async fn retried_events_count_once_and_the_first_chest_claim_wins() {
     let cluster = Cluster::connect(&settings, &topology).unwrap();
     let mut events = Vec::new();
     for i in 0..200 {
-        events.push(event(&format!("ev-{i}"), &format!("p{}", i % 13), (i % 4 == 0).then(|| format!("chest-{}", i % 20)).as_deref(), 1_000 + i));
+        events.push(event(
+            &format!("ev-{i}"),
+            &format!("p{}", i % 13),
+            (i % 4 == 0).then(|| format!("chest-{}", i % 20)).as_deref(),
+            1_000 + i,
+        ));
     }
     let retries: Vec<GameEvent> = events.iter().step_by(3).cloned().collect();
     events.extend(retries);
@@ -157,14 +162,16 @@ async fn a_restart_restores_only_the_changelog_tail_and_keeps_deduplicating() {
     assert_eq!(r1.restored, 0, "nothing to restore on a fresh changelog");
 
     // Same local store: it already reflects the whole changelog.
-    let second: Vec<GameEvent> = (0..50).map(|i| event(&format!("b-{i}"), "p2", None, 2_000 + i)).chain(first[..10].iter().cloned()).collect();
+    let second: Vec<GameEvent> =
+        (0..50).map(|i| event(&format!("b-{i}"), "p2", None, 2_000 + i)).chain(first[..10].iter().cloned()).collect();
     produce(&cluster, &topology, &second, &[]).await;
     let r2 = run_until(&cluster, &topology, dir.path(), 150).await;
     assert_eq!(r2.restored, 0, "a restart with its own store restores no records");
 
     // A new owner with an empty disk restores the changelog and still knows
     // every event seen so far.
-    let third: Vec<GameEvent> = first[10..20].iter().cloned().chain((0..5).map(|i| event(&format!("c-{i}"), "p3", None, 3_000 + i))).collect();
+    let third: Vec<GameEvent> =
+        first[10..20].iter().cloned().chain((0..5).map(|i| event(&format!("c-{i}"), "p3", None, 3_000 + i))).collect();
     produce(&cluster, &topology, &third, &[]).await;
     let fresh = tempfile::tempdir().unwrap();
     let r3 = run_until(&cluster, &topology, fresh.path(), 155).await;
@@ -181,7 +188,8 @@ async fn an_abortable_commit_failure_rewinds_and_the_result_stays_exact() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let topology = topology_clone();
     let cluster = Cluster::connect(&huntflow::config::Settings::default(), &topology).unwrap();
-    let events: Vec<GameEvent> = (0..300).map(|i| event(&format!("f-{i}"), &format!("p{}", i % 9), None, 5_000 + i)).collect();
+    let events: Vec<GameEvent> =
+        (0..300).map(|i| event(&format!("f-{i}"), &format!("p{}", i % 9), None, 5_000 + i)).collect();
     produce(&cluster, &topology, &events, &[]).await;
     // The first EndTxn (commit) fails with an error librdkafka treats as
     // abortable: the worker must abort, rewind to its committed position,

@@ -38,10 +38,7 @@ async fn broker_command_serves_other_processes_on_fixed_ports() {
     // Only the first fixed port is given: metadata must lead to the others.
     let first = format!("127.0.0.1:{port}");
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &first).create().unwrap();
-    producer
-        .send(FutureRecord::to("hunt.events").key("k").payload("hello"), Duration::from_secs(10))
-        .await
-        .unwrap();
+    producer.send(FutureRecord::to("hunt.events").key("k").payload("hello"), Duration::from_secs(10)).await.unwrap();
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &first).create().unwrap();
     let md = consumer.fetch_metadata(Some("hunt.events"), Duration::from_secs(10)).unwrap();
     let mut ports: Vec<i32> = md.brokers().iter().map(|b| b.port()).collect();

@@ -52,7 +52,13 @@ async fn posted_events_are_readable_keyed_for_claim_with_the_topology_hash() {
         .collect();
     // JSON array form this time; NDJSON elsewhere.
     let body = serde_json::to_vec(&events).unwrap();
-    let r = reqwest::Client::new().post(h.events_url("shard-0")).bearer_auth(h.token("shard-0")).body(body).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(h.events_url("shard-0"))
+        .bearer_auth(h.token("shard-0"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let resp: IngestResponse = r.json().await.unwrap();
     assert_eq!((resp.accepted, resp.rejected, resp.failed), (40, 0, 0));
@@ -148,12 +154,16 @@ async fn each_invalid_event_lands_in_dead_letter_with_its_reason_and_original_by
     let got = read_topic(h.cluster.bootstrap(), dlq, cases.len(), Duration::from_secs(20)).await;
     assert_eq!(got.len(), cases.len());
     for (bytes, code) in &cases {
-        let m = got.iter().find(|m| header_str(*m, HEADER_REASON_CODE).as_deref() == Some(*code)).unwrap_or_else(|| panic!("no dead letter for {code}"));
+        let m = got
+            .iter()
+            .find(|m| header_str(*m, HEADER_REASON_CODE).as_deref() == Some(*code))
+            .unwrap_or_else(|| panic!("no dead letter for {code}"));
         assert_eq!(m.payload().unwrap(), bytes.as_slice(), "original bytes of {code}");
         assert_eq!(header_str(m, HEADER_STAGE).as_deref(), Some("ingest"));
         assert!(!header_str(m, HEADER_REASON).unwrap().is_empty());
     }
-    let events = read_topic(h.cluster.bootstrap(), &h.topology.spec().topics.events.name, 1, Duration::from_secs(10)).await;
+    let events =
+        read_topic(h.cluster.bootstrap(), &h.topology.spec().topics.events.name, 1, Duration::from_secs(10)).await;
     assert_eq!(events.len(), 1);
     assert_eq!(payload_str(&events[0]), text);
     h.shutdown().await;
@@ -163,9 +173,16 @@ async fn each_invalid_event_lands_in_dead_letter_with_its_reason_and_original_by
 async fn a_broken_json_array_is_dead_lettered_whole_with_400() {
     let h = Harness::start(test_topology(|_| {}), 1, |_| {}).await;
     let body = b"[{\"v\":1}, {oops".to_vec();
-    let r = reqwest::Client::new().post(h.events_url("shard-0")).bearer_auth(h.token("shard-0")).body(body.clone()).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(h.events_url("shard-0"))
+        .bearer_auth(h.token("shard-0"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let got = read_topic(h.cluster.bootstrap(), &h.topology.spec().topics.dead_letter.name, 1, Duration::from_secs(10)).await;
+    let got =
+        read_topic(h.cluster.bootstrap(), &h.topology.spec().topics.dead_letter.name, 1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload().unwrap(), body.as_slice());
     assert_eq!(header_str(&got[0], HEADER_REASON_CODE).as_deref(), Some("malformed_batch"));
@@ -186,7 +203,9 @@ async fn a_slow_broker_makes_ingest_push_back_with_503_instead_of_queueing() {
     let slow = {
         let (url, token) = (h.events_url("shard-0"), h.token("shard-0"));
         let body = ndjson(&(0..100).map(|i| event(i, "shard-0", EventKind::ClueSolved)).collect::<Vec<_>>());
-        tokio::spawn(async move { reqwest::Client::new().post(url).bearer_auth(token).body(body).send().await.unwrap().status() })
+        tokio::spawn(async move {
+            reqwest::Client::new().post(url).bearer_auth(token).body(body).send().await.unwrap().status()
+        })
     };
     // Wait (bounded) until the first batch holds the whole budget.
     for _ in 0..100 {
@@ -210,7 +229,13 @@ async fn a_delivery_failure_is_reported_to_the_caller_never_dropped() {
     for id in broker.broker_ids() {
         broker.set_broker_up(id, false).unwrap();
     }
-    let r = post(&h, "shard-0", &h.token("shard-0"), ndjson(&(0..5).map(|i| event(i, "shard-0", EventKind::ClueSolved)).collect::<Vec<_>>())).await;
+    let r = post(
+        &h,
+        "shard-0",
+        &h.token("shard-0"),
+        ndjson(&(0..5).map(|i| event(i, "shard-0", EventKind::ClueSolved)).collect::<Vec<_>>()),
+    )
+    .await;
     assert_eq!(r.status(), 503);
     let resp: IngestResponse = r.json().await.unwrap();
     assert_eq!((resp.accepted, resp.failed), (0, 5));
@@ -227,7 +252,12 @@ async fn a_100k_event_simulation_accounts_for_every_event() {
         batch_size: 500,
         rate: None,
         progress: false,
-        shape: TrafficShape { duplicate_ratio: 0.05, malformed_ratio: 0.02, late_ratio: 0.01, ..TrafficShape::default() },
+        shape: TrafficShape {
+            duplicate_ratio: 0.05,
+            malformed_ratio: 0.02,
+            late_ratio: 0.01,
+            ..TrafficShape::default()
+        },
     };
     let target = Target::Http { base_url: h.base_url.clone(), tokens: h.tokens.clone() };
     let report = simulate::run(&h.topology, target, opts, CancellationToken::new()).await.unwrap();
@@ -246,7 +276,10 @@ async fn a_100k_event_simulation_accounts_for_every_event() {
     assert_eq!(counts[1].1 as u64, report.rejected, "dead-letter topic");
 
     let metrics = reqwest::get(format!("{}/metrics", h.base_url)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(&format!("huntflow_ingest_events_total{{outcome=\"accepted\"}} {}", report.accepted)), "{metrics}");
+    assert!(
+        metrics.contains(&format!("huntflow_ingest_events_total{{outcome=\"accepted\"}} {}", report.accepted)),
+        "{metrics}"
+    );
     let ready = reqwest::get(format!("{}/readyz", h.base_url)).await.unwrap();
     assert_eq!(ready.status(), 200);
     h.shutdown().await;

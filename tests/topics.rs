@@ -16,7 +16,9 @@ fn topology_with_random_names() -> Topology {
     let mut spec = shipped_spec();
     let suffix = random_suffix();
     let t = &mut spec.topics;
-    for topic in [&mut t.events, &mut t.accepted, &mut t.candidates, &mut t.leaderboards, &mut t.prizes, &mut t.dead_letter] {
+    for topic in
+        [&mut t.events, &mut t.accepted, &mut t.candidates, &mut t.leaderboards, &mut t.prizes, &mut t.dead_letter]
+    {
         topic.name = format!("{}-{suffix}", topic.name);
         topic.replication_factor = 1;
     }
@@ -34,7 +36,8 @@ async fn topics_check_finds_a_drifted_topic_config_field_by_field() {
 
     // Someone created the prizes topic by hand with a short retention.
     let prizes = topology.spec().topics.prizes.name.clone();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &broker.bootstrap).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &broker.bootstrap).create().unwrap();
     let by_hand = NewTopic::new(&prizes, 8, TopicReplication::Fixed(1)).set("retention.ms", "1000");
     admin.create_topics([&by_hand], &AdminOptions::new()).await.unwrap().pop().unwrap().unwrap();
 

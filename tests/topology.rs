@@ -40,6 +40,10 @@ fn validate_command_exits_1_listing_all_problems_and_0_for_the_shipped_file() {
     for w in &fixtures()["bad-durations-and-partitions.yaml"] {
         assert!(out.contains(w.as_str()), "{w} missing from {out}");
     }
-    let good = Command::new(bin).args(["topology", "validate", "topology/treasure-hunt.yaml"]).current_dir(root).output().unwrap();
+    let good = Command::new(bin)
+        .args(["topology", "validate", "topology/treasure-hunt.yaml"])
+        .current_dir(root)
+        .output()
+        .unwrap();
     assert_eq!(good.status.code(), Some(0), "{}", String::from_utf8_lossy(&good.stdout));
 }

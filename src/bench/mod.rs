@@ -30,10 +30,25 @@ pub struct IngestBench {
 
 impl std::fmt::Display for IngestBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "ingest benchmark: {} events, {:.0} bytes/event avg, batches of {BATCH}, {CLIENTS} shard clients", self.events, self.payload_bytes as f64 / self.events.max(1) as f64)?;
+        writeln!(
+            f,
+            "ingest benchmark: {} events, {:.0} bytes/event avg, batches of {BATCH}, {CLIENTS} shard clients",
+            self.events,
+            self.payload_bytes as f64 / self.events.max(1) as f64
+        )?;
         writeln!(f, "  raw rdkafka producer (acks=all, idempotent) {:>10.0} events/s", self.raw_producer_eps)?;
-        writeln!(f, "  huntflow event producer                     {:>10.0} events/s  ratio {:.2}", self.event_producer_eps, self.event_producer_eps / self.raw_producer_eps)?;
-        writeln!(f, "  huntflow HTTP ingest (validate+auth+limit)  {:>10.0} events/s  ratio {:.2}", self.http_ingest_eps, self.http_ingest_eps / self.raw_producer_eps)
+        writeln!(
+            f,
+            "  huntflow event producer                     {:>10.0} events/s  ratio {:.2}",
+            self.event_producer_eps,
+            self.event_producer_eps / self.raw_producer_eps
+        )?;
+        writeln!(
+            f,
+            "  huntflow HTTP ingest (validate+auth+limit)  {:>10.0} events/s  ratio {:.2}",
+            self.http_ingest_eps,
+            self.http_ingest_eps / self.raw_producer_eps
+        )
     }
 }
 
@@ -53,9 +68,8 @@ pub async fn ingest(settings: &Settings, events: u64) -> Result<IngestBench, Run
         .flat_map(|c| {
             let shard = crate::config::shard_name(c);
             let mut g = ShardGenerator::new(&topology, &shape, c, shard.clone());
-            let items: Vec<GameEvent> = (0..per_client)
-                .filter_map(|_| crate::event::decode(&g.next_item().bytes, 1 << 20).ok())
-                .collect();
+            let items: Vec<GameEvent> =
+                (0..per_client).filter_map(|_| crate::event::decode(&g.next_item().bytes, 1 << 20).ok()).collect();
             items.chunks(BATCH).map(|c| (shard.clone(), c.to_vec())).collect::<Vec<_>>()
         })
         .collect();
@@ -80,7 +94,7 @@ pub async fn ingest(settings: &Settings, events: u64) -> Result<IngestBench, Run
     let (tokens, pairs) = ShardTokens::generate(CLIENTS);
     let stop = CancellationToken::new();
     let mut local = settings.clone();
-    local.ingest.listen = "127.0.0.1:0".parse().expect("valid address");
+    local.ingest.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let server = start_ingest(&local, &topology, cluster.clone(), tokens, stop.clone()).await?;
     let client = reqwest::Client::new();
     let bodies: Vec<(String, String, Vec<u8>)> = batches
@@ -100,7 +114,14 @@ pub async fn ingest(settings: &Settings, events: u64) -> Result<IngestBench, Run
         .map(|(url, token, body)| {
             let client = client.clone();
             async move {
-                let r = client.post(url).bearer_auth(token).header("content-type", "application/x-ndjson").body(body).send().await.ok()?;
+                let r = client
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await
+                    .ok()?;
                 r.json::<crate::ingest::IngestResponse>().await.ok().map(|r| r.accepted)
             }
         })
@@ -112,13 +133,25 @@ pub async fn ingest(settings: &Settings, events: u64) -> Result<IngestBench, Run
     stop.cancel();
     server.join().await?;
 
-    Ok(IngestBench { events: total, payload_bytes, raw_producer_eps: raw_eps, event_producer_eps: producer_eps, http_ingest_eps: http_eps })
+    Ok(IngestBench {
+        events: total,
+        payload_bytes,
+        raw_producer_eps: raw_eps,
+        event_producer_eps: producer_eps,
+        http_ingest_eps: http_eps,
+    })
 }
 
 /// The baseline: a bare librdkafka producer with the same delivery guarantees
 /// (acks=all, idempotence, lz4) sending the same payloads and keys.
-async fn raw_producer(cluster: &Cluster, topology: &Topology, batches: &[(String, Vec<GameEvent>)], total: u64) -> Result<f64, RunError> {
-    let records: Vec<(String, Vec<u8>)> = batches.iter().flat_map(|(_, b)| b.iter()).map(|e| (e.claim_key().to_owned(), e.encode())).collect();
+async fn raw_producer(
+    cluster: &Cluster,
+    topology: &Topology,
+    batches: &[(String, Vec<GameEvent>)],
+    total: u64,
+) -> Result<f64, RunError> {
+    let records: Vec<(String, Vec<u8>)> =
+        batches.iter().flat_map(|(_, b)| b.iter()).map(|e| (e.claim_key().to_owned(), e.encode())).collect();
     let topic = topology.spec().topics.events.name.clone();
     let config = cluster.client_config();
     let elapsed = tokio::task::spawn_blocking(move || -> Result<Duration, rdkafka::error::KafkaError> {

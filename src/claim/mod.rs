@@ -48,7 +48,12 @@ fn dead_letter(input: &Input<'_>, code: &'static str, reason: String) -> Output 
         key: input.key.unwrap_or_default().to_vec(),
         payload: input.payload.to_vec(),
         partition: None,
-        headers: vec![(HEADER_STAGE, "claim".into()), (HEADER_REASON_CODE, code.into()), (HEADER_REASON, reason), (HEADER_SCHEMA, "dead-letter/v1".into())],
+        headers: vec![
+            (HEADER_STAGE, "claim".into()),
+            (HEADER_REASON_CODE, code.into()),
+            (HEADER_REASON, reason),
+            (HEADER_SCHEMA, "dead-letter/v1".into()),
+        ],
     }
 }
 
@@ -60,7 +65,12 @@ impl StageLogic for ClaimStage {
     fn process(&mut self, state: &mut PartitionState<'_>, input: &Input<'_>) -> Result<Processed, StageError> {
         let event = match event::decode(input.payload, self.max_event_bytes) {
             Ok(e) => e,
-            Err(err) => return Ok(Processed { outcome: "dead_lettered", outputs: vec![dead_letter(input, err.code(), err.to_string())] }),
+            Err(err) => {
+                return Ok(Processed {
+                    outcome: "dead_lettered",
+                    outputs: vec![dead_letter(input, err.code(), err.to_string())],
+                })
+            }
         };
         if self.topology.tier_index(&event.hunt_id, &event.tier).is_none() {
             let err = if self.topology.hunt(&event.hunt_id).is_none() {
@@ -68,7 +78,10 @@ impl StageLogic for ClaimStage {
             } else {
                 event::DecodeError::UnknownTier { hunt: event.hunt_id.clone(), tier: event.tier.clone() }
             };
-            return Ok(Processed { outcome: "dead_lettered", outputs: vec![dead_letter(input, err.code(), err.to_string())] });
+            return Ok(Processed {
+                outcome: "dead_lettered",
+                outputs: vec![dead_letter(input, err.code(), err.to_string())],
+            });
         }
 
         let max_time = state.get(b"\0maxt")?.as_deref().and_then(i64_of).unwrap_or(i64::MIN).max(event.event_time);
@@ -89,7 +102,10 @@ impl StageLogic for ClaimStage {
             let claim_key = [b"c/".as_slice(), chest.as_bytes()].concat();
             if let Some(winner) = state.get(&claim_key)? {
                 let reason = format!("chest {chest} was already claimed by event {}", String::from_utf8_lossy(&winner));
-                return Ok(Processed { outcome: "chest_rejected", outputs: vec![dead_letter(input, "chest_already_claimed", reason)] });
+                return Ok(Processed {
+                    outcome: "chest_rejected",
+                    outputs: vec![dead_letter(input, "chest_already_claimed", reason)],
+                });
             }
             state.put(claim_key, event.event_id.as_bytes().to_vec());
         }

@@ -17,13 +17,8 @@ use serde::{Deserialize, Serialize};
 pub use secrets::{parse_token_pairs, shard_name, ShardTokens, TokenCheck};
 
 /// librdkafka properties that carry secrets: refused in config files.
-pub const SECRET_KAFKA_KEYS: &[&str] = &[
-    "sasl.password",
-    "sasl.oauthbearer.client.secret",
-    "ssl.key.password",
-    "ssl.keystore.password",
-    "ssl.key.pem",
-];
+pub const SECRET_KAFKA_KEYS: &[&str] =
+    &["sasl.password", "sasl.oauthbearer.client.secret", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -32,9 +32,8 @@ impl ShardTokens {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (shard, token) = line
-                .split_once('=')
-                .ok_or_else(|| format!("line {}: expected shard_id=token", n + 1))?;
+            let (shard, token) =
+                line.split_once('=').ok_or_else(|| format!("line {}: expected shard_id=token", n + 1))?;
             let (shard, token) = (shard.trim(), token.trim());
             if shard.is_empty() || token.len() < 16 {
                 return Err(format!("line {}: shard id must be set and the token at least 16 characters", n + 1));

@@ -26,9 +26,17 @@ fn flags_beat_env_beat_file_beat_defaults() {
 
 #[test]
 fn every_wrong_field_is_reported_at_once_and_secrets_are_refused_in_files() {
-    let f = file("kafka: { sasl.password: hunter2, bootstrap.servers: x }\ningest: { listen: nope, max_in_flight_events: 0 }\n");
+    let f = file(
+        "kafka: { sasl.password: hunter2, bootstrap.servers: x }\ningest: { listen: nope, max_in_flight_events: 0 }\n",
+    );
     let err = Settings::load(Some(f.path()), &HashMap::new(), &Overrides::default()).unwrap_err().to_string();
-    for needle in ["kafka.sasl.password", "HUNTFLOW_KAFKA__SASL_PASSWORD", "kafka.bootstrap.servers", "ingest.listen", "max_in_flight_events"] {
+    for needle in [
+        "kafka.sasl.password",
+        "HUNTFLOW_KAFKA__SASL_PASSWORD",
+        "kafka.bootstrap.servers",
+        "ingest.listen",
+        "max_in_flight_events",
+    ] {
         assert!(err.contains(needle), "{needle} missing from {err}");
     }
     assert!(!err.contains("hunter2"));

@@ -62,7 +62,9 @@ pub async fn post_events(
 async fn handle(s: &IngestState, shard: &str, headers: &HeaderMap, body: &[u8]) -> Response {
     match bearer(headers).map(|t| s.tokens.check(shard, t)) {
         Some(TokenCheck::Ok) => {}
-        Some(TokenCheck::OtherShard(_)) => return error(StatusCode::FORBIDDEN, format!("this token may not post for shard {shard}")),
+        Some(TokenCheck::OtherShard(_)) => {
+            return error(StatusCode::FORBIDDEN, format!("this token may not post for shard {shard}"))
+        }
         _ => {
             let mut r = error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token");
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -70,10 +72,7 @@ async fn handle(s: &IngestState, shard: &str, headers: &HeaderMap, body: &[u8]) 
         }
     }
 
-    let ndjson = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("ndjson"));
+    let ndjson = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("ndjson"));
     let items = match batch::split(body, ndjson) {
         Ok(items) => items,
         Err(BatchError::MalformedArray(why)) => {
@@ -93,7 +92,10 @@ async fn handle(s: &IngestState, shard: &str, headers: &HeaderMap, body: &[u8]) 
     }
     let n = items.len();
     if n > s.max_in_flight {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("{n} events exceed the in-flight budget of {}", s.max_in_flight));
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{n} events exceed the in-flight budget of {}", s.max_in_flight),
+        );
     }
 
     let cells = NonZeroU32::new(n as u32).unwrap_or(NonZeroU32::MIN);
@@ -103,13 +105,17 @@ async fn handle(s: &IngestState, shard: &str, headers: &HeaderMap, body: &[u8]) 
             s.metrics.rate_limited.inc();
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, format!("shard {shard} is over its rate limit; retry in {secs}s"));
+            let mut r =
+                error(StatusCode::TOO_MANY_REQUESTS, format!("shard {shard} is over its rate limit; retry in {secs}s"));
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             return r;
         }
         Err(_) => {
             let burst = s.topology.spec().ingest.burst_per_shard;
-            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("{n} events exceed the shard burst of {burst}; send smaller batches"));
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{n} events exceed the shard burst of {burst}; send smaller batches"),
+            );
         }
     }
 
@@ -150,12 +156,22 @@ async fn process(s: &IngestState, shard: &str, items: &[&[u8]]) -> Response {
     for ((i, _), r) in valid.iter().zip(sent) {
         results[*i] = Some(match r {
             Ok(()) => EventResult { index: *i, status: "accepted".into(), reason_code: None, reason: None },
-            Err(e) => EventResult { index: *i, status: "failed".into(), reason_code: Some("delivery".into()), reason: Some(e.to_string()) },
+            Err(e) => EventResult {
+                index: *i,
+                status: "failed".into(),
+                reason_code: Some("delivery".into()),
+                reason: Some(e.to_string()),
+            },
         });
     }
     for ((i, err), r) in invalid.iter().zip(dead) {
         results[*i] = Some(match r {
-            Ok(()) => EventResult { index: *i, status: "rejected".into(), reason_code: Some(err.code().into()), reason: Some(err.to_string()) },
+            Ok(()) => EventResult {
+                index: *i,
+                status: "rejected".into(),
+                reason_code: Some(err.code().into()),
+                reason: Some(err.to_string()),
+            },
             Err(e) => EventResult {
                 index: *i,
                 status: "failed".into(),
@@ -166,7 +182,8 @@ async fn process(s: &IngestState, shard: &str, items: &[&[u8]]) -> Response {
     }
     let results: Vec<EventResult> = results.into_iter().flatten().collect();
     let count = |status: &str| results.iter().filter(|r| r.status == status).count();
-    let body = IngestResponse { accepted: count("accepted"), rejected: count("rejected"), failed: count("failed"), results };
+    let body =
+        IngestResponse { accepted: count("accepted"), rejected: count("rejected"), failed: count("failed"), results };
     for (outcome, n) in [("accepted", body.accepted), ("rejected", body.rejected), ("failed", body.failed)] {
         s.metrics.events.with_label_values(&[outcome]).inc_by(n as u64);
     }
@@ -174,7 +191,13 @@ async fn process(s: &IngestState, shard: &str, items: &[&[u8]]) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn dead_letter(s: &IngestState, shard: &str, code: &str, reason: String, original: &[u8]) -> Result<(), crate::kafka::ProduceError> {
+async fn dead_letter(
+    s: &IngestState,
+    shard: &str,
+    code: &str,
+    reason: String,
+    original: &[u8],
+) -> Result<(), crate::kafka::ProduceError> {
     let r = s
         .producer
         .send_dead_letter(DeadLetter { stage: "ingest", reason_code: code, reason, shard: Some(shard), original })

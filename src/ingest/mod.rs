@@ -84,7 +84,10 @@ pub fn router(state: Arc<IngestState>, max_body_bytes: usize) -> Router {
         .route("/v1/shards/{shard_id}/events", post(handler::post_events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|State(s): State<Arc<IngestState>>| async move { crate::telemetry::render(&s.registry) }))
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<IngestState>>| async move { crate::telemetry::render(&s.registry) }),
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

@@ -82,7 +82,11 @@ fn admin(cluster: &Cluster) -> Result<AdminClient<DefaultClientContext>, KafkaEr
 
 /// Creates every missing topic; existing ones are left as they are (use
 /// `check_topics` to see how they differ). Returns the names created.
-pub async fn create_topics(cluster: &Cluster, plan: &[TopicPlan], timeout: Duration) -> Result<Vec<String>, KafkaError> {
+pub async fn create_topics(
+    cluster: &Cluster,
+    plan: &[TopicPlan],
+    timeout: Duration,
+) -> Result<Vec<String>, KafkaError> {
     let admin = admin(cluster)?;
     let new_topics: Vec<NewTopic<'_>> = plan
         .iter()
@@ -134,15 +138,30 @@ pub async fn check_topics(cluster: &Cluster, plan: &[TopicPlan], timeout: Durati
     let mut drift = Vec::new();
     let existing: Vec<&TopicPlan> = plan.iter().filter(|t| layout.contains_key(&t.name)).collect();
     for t in plan.iter().filter(|t| !layout.contains_key(&t.name)) {
-        drift.push(Drift { topic: t.name.clone(), field: "topic".into(), expected: "present".into(), actual: "missing".into() });
+        drift.push(Drift {
+            topic: t.name.clone(),
+            field: "topic".into(),
+            expected: "present".into(),
+            actual: "missing".into(),
+        });
     }
     for t in &existing {
         let (partitions, rf) = layout[&t.name];
         if partitions != t.partitions {
-            drift.push(Drift { topic: t.name.clone(), field: "partitions".into(), expected: t.partitions.to_string(), actual: partitions.to_string() });
+            drift.push(Drift {
+                topic: t.name.clone(),
+                field: "partitions".into(),
+                expected: t.partitions.to_string(),
+                actual: partitions.to_string(),
+            });
         }
         if rf != t.replication_factor {
-            drift.push(Drift { topic: t.name.clone(), field: "replication_factor".into(), expected: t.replication_factor.to_string(), actual: rf.to_string() });
+            drift.push(Drift {
+                topic: t.name.clone(),
+                field: "replication_factor".into(),
+                expected: t.replication_factor.to_string(),
+                actual: rf.to_string(),
+            });
         }
     }
     if existing.is_empty() {

@@ -9,8 +9,8 @@
 use std::net::SocketAddr;
 
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::{KafkaError, TopicPlan};
@@ -28,11 +28,12 @@ impl EmbeddedBroker {
     /// reachable (and advertised) at `base_port + i`, so other processes can
     /// use a fixed address.
     pub fn start(brokers: i32, base_port: Option<u16>) -> Result<Self, KafkaError> {
-        let handle: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("test.mock.num.brokers", brokers.to_string())
-            .set("log_level", "3")
-            .create()?;
-        let mock = handle.client().mock_cluster().ok_or_else(|| KafkaError::Embedded("librdkafka did not start a mock cluster".into()))?;
+        let handle: ThreadedProducer<DefaultProducerContext> =
+            ClientConfig::new().set("test.mock.num.brokers", brokers.to_string()).set("log_level", "3").create()?;
+        let mock = handle
+            .client()
+            .mock_cluster()
+            .ok_or_else(|| KafkaError::Embedded("librdkafka did not start a mock cluster".into()))?;
         let bootstrap = mock.bootstrap_servers();
         drop(mock);
         let mut broker = Self { handle, bootstrap, forwarders: CancellationToken::new() };
@@ -81,7 +82,11 @@ impl EmbeddedBroker {
     }
 
     /// Fault injection: the next requests of `api` fail with `errors`, in order.
-    pub fn inject_request_errors(&self, api: rdkafka::types::RDKafkaApiKey, errors: &[rdkafka::types::RDKafkaRespErr]) -> Result<(), KafkaError> {
+    pub fn inject_request_errors(
+        &self,
+        api: rdkafka::types::RDKafkaApiKey,
+        errors: &[rdkafka::types::RDKafkaRespErr],
+    ) -> Result<(), KafkaError> {
         self.mock()?.request_errors(api, errors);
         Ok(())
     }

@@ -20,9 +20,5 @@ pub const HEADER_ORIGINAL_SIZE: &str = "huntflow-original-size";
 /// The first header named `name`, as text.
 pub fn header_str<M: Message>(msg: &M, name: &str) -> Option<String> {
     let headers = msg.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }

@@ -13,7 +13,10 @@ use rdkafka::ClientConfig;
 
 pub use admin::{check_topics, create_topics, Drift, TopicPlan};
 pub use embedded::EmbeddedBroker;
-pub use headers::{header_str, HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_REASON_CODE, HEADER_SCHEMA, HEADER_SHARD, HEADER_STAGE, HEADER_TOPOLOGY_HASH};
+pub use headers::{
+    header_str, HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_REASON_CODE, HEADER_SCHEMA, HEADER_SHARD, HEADER_STAGE,
+    HEADER_TOPOLOGY_HASH,
+};
 pub use producer::{DeadLetter, EventProducer, ProduceError};
 
 use crate::config::Settings;
@@ -44,11 +47,17 @@ impl Cluster {
     /// mock cluster with the topology's topics when none are configured.
     pub fn connect(settings: &Settings, topology: &Topology) -> Result<Self, KafkaError> {
         match &settings.brokers {
-            Some(bootstrap) => Ok(Self { bootstrap: bootstrap.clone(), passthrough: settings.kafka.clone(), embedded: None }),
+            Some(bootstrap) => {
+                Ok(Self { bootstrap: bootstrap.clone(), passthrough: settings.kafka.clone(), embedded: None })
+            }
             None => {
                 let broker = EmbeddedBroker::start(3, None)?;
                 broker.create_topics(topology)?;
-                Ok(Self { bootstrap: broker.bootstrap().to_owned(), passthrough: settings.kafka.clone(), embedded: Some(broker) })
+                Ok(Self {
+                    bootstrap: broker.bootstrap().to_owned(),
+                    passthrough: settings.kafka.clone(),
+                    embedded: Some(broker),
+                })
             }
         }
     }
@@ -94,7 +103,11 @@ impl Cluster {
 impl Cluster {
     /// Records per topic (sum of high minus low watermarks). Exact for topics
     /// written without transactions, which is all of ingest's.
-    pub async fn record_counts(&self, topics: Vec<String>, timeout: Duration) -> Result<Vec<(String, i64)>, KafkaError> {
+    pub async fn record_counts(
+        &self,
+        topics: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Vec<(String, i64)>, KafkaError> {
         let config = self.client_config();
         tokio::task::spawn_blocking(move || {
             use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -33,7 +33,8 @@ pub struct DeadLetter<'a> {
     pub original: &'a [u8],
 }
 
-type Delivery = Result<rdkafka::producer::future_producer::Delivery, (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage)>;
+type Delivery =
+    Result<rdkafka::producer::future_producer::Delivery, (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage)>;
 
 fn acks(results: Vec<Delivery>) -> Vec<Result<(), ProduceError>> {
     results.into_iter().map(|r| r.map(|_| ()).map_err(|(e, _)| ProduceError::Delivery(e))).collect()
@@ -82,7 +83,8 @@ impl EventProducer {
     pub async fn send_events(&self, events: &[GameEvent]) -> Vec<Result<(), ProduceError>> {
         let payloads: Vec<Vec<u8>> = events.iter().map(GameEvent::encode).collect();
         let sends = events.iter().zip(&payloads).map(|(event, payload)| {
-            let headers = self.base_headers("game-event/v1").insert(Header { key: HEADER_SHARD, value: Some(&event.shard_id) });
+            let headers =
+                self.base_headers("game-event/v1").insert(Header { key: HEADER_SHARD, value: Some(&event.shard_id) });
             let record = FutureRecord::to(&self.events_topic).key(event.claim_key()).payload(payload).headers(headers);
             // `send` waits for queue room up to the timeout instead of failing
             // on a full local queue: that wait is our backpressure.
@@ -95,7 +97,10 @@ impl EventProducer {
     /// not: `simulate --direct` uses it to feed the claim stage garbage too.
     pub async fn send_raw_events(&self, records: &[(&str, &[u8])]) -> Vec<Result<(), ProduceError>> {
         let sends = records.iter().map(|(key, payload)| {
-            let record = FutureRecord::to(&self.events_topic).key(*key).payload(*payload).headers(self.base_headers("game-event/v1"));
+            let record = FutureRecord::to(&self.events_topic)
+                .key(*key)
+                .payload(*payload)
+                .headers(self.base_headers("game-event/v1"));
             self.inner.send(record, Timeout::After(self.queue_timeout))
         });
         acks(join_all(sends).await)

@@ -59,10 +59,7 @@ pub fn merge_top_n<'a>(lists: impl IntoIterator<Item = &'a [Entry]>, n: usize) -
 /// Pairs sorted entries with their 1-based rank. The order is total, so
 /// there are no shared ranks.
 pub fn ranked(entries: &[Entry]) -> impl Iterator<Item = (u32, &Entry)> + '_ {
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (u32::try_from(i + 1).unwrap_or(u32::MAX), e))
+    entries.iter().enumerate().map(|(i, e)| (u32::try_from(i + 1).unwrap_or(u32::MAX), e))
 }
 
 #[cfg(test)]
@@ -71,11 +68,7 @@ mod tests {
     use proptest::prelude::*;
 
     pub(super) fn e(player: &str, points: u64, reached_at: i64) -> Entry {
-        Entry {
-            player_id: player.to_string(),
-            points,
-            reached_at,
-        }
+        Entry { player_id: player.to_string(), points, reached_at }
     }
 
     #[test]
@@ -118,17 +111,13 @@ mod tests {
     #[test]
     fn ranks_start_at_one() {
         let entries = vec![e("a", 3, 0), e("b", 2, 0)];
-        let ranks: Vec<(u32, &str)> = ranked(&entries)
-            .map(|(r, e)| (r, e.player_id.as_str()))
-            .collect();
+        let ranks: Vec<(u32, &str)> = ranked(&entries).map(|(r, e)| (r, e.player_id.as_str())).collect();
         assert_eq!(ranks, vec![(1, "a"), (2, "b")]);
     }
 
     fn partition_of(player: &str, k: usize) -> usize {
         // FNV-1a: deterministic across runs, unlike RandomState.
-        let h = player.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let h = player.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
         (h % k as u64) as usize
     }
 

@@ -18,11 +18,7 @@ pub struct TopN {
 
 impl TopN {
     pub fn new(n: usize) -> Self {
-        Self {
-            n,
-            ranked: BTreeSet::new(),
-            by_player: HashMap::new(),
-        }
+        Self { n, ranked: BTreeSet::new(), by_player: HashMap::new() }
     }
 
     pub fn capacity(&self) -> usize {

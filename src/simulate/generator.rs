@@ -75,7 +75,8 @@ pub struct ShardGenerator {
     recent: Vec<(Vec<u8>, String)>,
 }
 
-const MALFORMED: [&str; 7] = ["bad_json", "unknown_tier", "negative_points", "oversized", "bad_utf8", "missing_field", "unknown_hunt"];
+const MALFORMED: [&str; 7] =
+    ["bad_json", "unknown_tier", "negative_points", "oversized", "bad_utf8", "missing_field", "unknown_hunt"];
 const RECENT: usize = 256;
 
 impl ShardGenerator {
@@ -84,7 +85,8 @@ impl ShardGenerator {
         let seed = shape.seed ^ (shard_index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Self {
             rng: StdRng::seed_from_u64(seed),
-            zipf: Zipf::new(shape.players.max(1) as f64, shape.zipf_exponent).unwrap_or_else(|_| Zipf::new(1.0, 1.0).expect("valid zipf")),
+            zipf: Zipf::new(shape.players.max(1) as f64, shape.zipf_exponent)
+                .unwrap_or_else(|_| Zipf::new(1.0, 1.0).expect("valid zipf")),
             shape: shape.clone(),
             shard,
             hunt: hunt.id.clone(),
@@ -126,7 +128,11 @@ impl ShardGenerator {
         let tier = self.tiers[(player as usize) % self.tiers.len()].clone();
         let kind_roll: f64 = self.rng.random();
         let (kind, chest_key, points) = if kind_roll < 0.3 {
-            (EventKind::ChestOpened, Some(format!("chest-{}", self.rng.random_range(0..self.shape.chest_keys.max(1)))), 25)
+            (
+                EventKind::ChestOpened,
+                Some(format!("chest-{}", self.rng.random_range(0..self.shape.chest_keys.max(1)))),
+                25,
+            )
         } else if kind_roll < 0.9 {
             (EventKind::ClueSolved, None, self.rng.random_range(5..=50))
         } else {
@@ -156,7 +162,9 @@ impl ShardGenerator {
                 e.tier = "mythic-unknown".into();
                 e.encode()
             }
-            "negative_points" => String::from_utf8_lossy(&e.encode()).replace(&format!("\"points\":{}", e.points), "\"points\":-7").into_bytes(),
+            "negative_points" => String::from_utf8_lossy(&e.encode())
+                .replace(&format!("\"points\":{}", e.points), "\"points\":-7")
+                .into_bytes(),
             "oversized" => {
                 e.region = "x".repeat(20_000);
                 e.encode()
@@ -166,7 +174,9 @@ impl ShardGenerator {
                 b.insert(10, 0xff);
                 b
             }
-            "missing_field" => String::from_utf8_lossy(&e.encode()).replace(&format!("\"player_id\":\"{}\",", e.player_id), "").into_bytes(),
+            "missing_field" => String::from_utf8_lossy(&e.encode())
+                .replace(&format!("\"player_id\":\"{}\",", e.player_id), "")
+                .into_bytes(),
             _ => {
                 e.hunt_id = "no-such-hunt".into();
                 e.encode()

@@ -34,7 +34,12 @@ impl HttpShard {
         SimulateError::Transport { shard: self.shard.clone(), message: message.to_string() }
     }
 
-    pub async fn post(&self, items: &[Item], counters: &Counters, cancel: &CancellationToken) -> Result<(), SimulateError> {
+    pub async fn post(
+        &self,
+        items: &[Item],
+        counters: &Counters,
+        cancel: &CancellationToken,
+    ) -> Result<(), SimulateError> {
         let mut pending: Vec<&Item> = items.iter().collect();
         for attempt in 0..MAX_ATTEMPTS {
             let mut body = Vec::with_capacity(pending.iter().map(|i| i.bytes.len() + 1).sum());
@@ -60,11 +65,8 @@ impl HttpShard {
                 Err(e) => return Err(self.err(e)),
             };
             let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
+            let retry_after =
+                response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
             match status {
                 StatusCode::TOO_MANY_REQUESTS => {
                     counters.throttled.fetch_add(1, Ordering::Relaxed);
@@ -77,7 +79,12 @@ impl HttpShard {
                         Ok(parsed) => {
                             counters.accepted.fetch_add(parsed.accepted as u64, Ordering::Relaxed);
                             counters.rejected.fetch_add(parsed.rejected as u64, Ordering::Relaxed);
-                            pending = parsed.results.iter().filter(|r| r.status == "failed").filter_map(|r| pending.get(r.index).copied()).collect();
+                            pending = parsed
+                                .results
+                                .iter()
+                                .filter(|r| r.status == "failed")
+                                .filter_map(|r| pending.get(r.index).copied())
+                                .collect();
                         }
                         // A 503 without per-event results (backpressure): nothing was taken.
                         Err(_) if status == StatusCode::SERVICE_UNAVAILABLE => {}

@@ -86,10 +86,10 @@ pub async fn run(
     let counters = Arc::new(Counters::default());
     let bar = progress_bar(opts.progress, opts.events);
     let shards = opts.shards.max(1);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(shards).build().map_err(|e| SimulateError::Transport {
-        shard: "-".into(),
-        message: e.to_string(),
-    })?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(shards)
+        .build()
+        .map_err(|e| SimulateError::Transport { shard: "-".into(), message: e.to_string() })?;
 
     let mut tasks = Vec::new();
     for i in 0..shards {
@@ -99,7 +99,11 @@ pub async fn run(
         let mut generator = ShardGenerator::new(topology, &opts.shape, i, shard.clone());
         let sink = match &target {
             Target::Http { base_url, tokens } => {
-                let token = tokens.iter().find(|(s, _)| *s == shard).map(|(_, t)| t.clone()).ok_or_else(|| SimulateError::MissingToken(shard.clone()))?;
+                let token = tokens
+                    .iter()
+                    .find(|(s, _)| *s == shard)
+                    .map(|(_, t)| t.clone())
+                    .ok_or_else(|| SimulateError::MissingToken(shard.clone()))?;
                 Sink::Http(http::HttpShard::new(client.clone(), base_url, &shard, token))
             }
             Target::Kafka(p) => Sink::Kafka(p.clone()),
@@ -172,7 +176,13 @@ enum Sink {
 }
 
 impl Sink {
-    async fn send(&self, shard: &str, items: &[Item], counters: &Counters, cancel: &CancellationToken) -> Result<(), SimulateError> {
+    async fn send(
+        &self,
+        shard: &str,
+        items: &[Item],
+        counters: &Counters,
+        cancel: &CancellationToken,
+    ) -> Result<(), SimulateError> {
         match self {
             Sink::Http(h) => h.post(items, counters, cancel).await,
             Sink::Kafka(p) => {
@@ -195,8 +205,10 @@ fn progress_bar(enabled: bool, total: Option<u64>) -> ProgressBar {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::no_length(),
     };
-    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events ({per_sec}, eta {eta})")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events ({per_sec}, eta {eta})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -205,10 +217,24 @@ fn progress_bar(enabled: bool, total: Option<u64>) -> ProgressBar {
 impl std::fmt::Display for SimulateReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
-        writeln!(f, "posted        {:>10}  ({:.0} events/s over {:.1}s)", self.posted, self.posted as f64 / secs, secs)?;
+        writeln!(
+            f,
+            "posted        {:>10}  ({:.0} events/s over {:.1}s)",
+            self.posted,
+            self.posted as f64 / secs,
+            secs
+        )?;
         writeln!(f, "accepted      {:>10}  (acknowledged by the broker)", self.accepted)?;
         writeln!(f, "dead-lettered {:>10}  (rejected with a reason)", self.rejected)?;
-        writeln!(f, "duplicates    {:>10}  (retries of events already sent; counted once downstream)", self.duplicates_sent)?;
-        writeln!(f, "malformed     {:>10}  late {} | throttled (429) {} | re-sent after 503 {}", self.malformed_sent, self.late_sent, self.throttled, self.retried)
+        writeln!(
+            f,
+            "duplicates    {:>10}  (retries of events already sent; counted once downstream)",
+            self.duplicates_sent
+        )?;
+        writeln!(
+            f,
+            "malformed     {:>10}  late {} | throttled (429) {} | re-sent after 503 {}",
+            self.malformed_sent, self.late_sent, self.throttled, self.retried
+        )
     }
 }

@@ -140,13 +140,12 @@ impl PartitionState<'_> {
 
     /// Committed keys under `prefix` while `keep` holds (this transaction's
     /// own writes are not included: used for expiry, where they are too new).
-    pub fn scan_committed(&self, prefix: &[u8], keep: impl FnMut(&[u8], &[u8]) -> bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
-        Ok(self
-            .store
-            .scan(self.partition, prefix, keep)?
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect())
+    pub fn scan_committed(
+        &self,
+        prefix: &[u8],
+        keep: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        Ok(self.store.scan(self.partition, prefix, keep)?.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
     }
 }
 

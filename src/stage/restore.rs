@@ -48,7 +48,10 @@ pub fn restore_partition(cfg: &WorkerConfig, store: &StateStore, partition: i32)
     let deadline = Instant::now() + Duration::from_secs(300);
     while next < high {
         if Instant::now() > deadline {
-            return Err(StageError::Fatal(format!("restoring {} partition {partition} timed out at {next}/{high}", cfg.changelog_topic)));
+            return Err(StageError::Fatal(format!(
+                "restoring {} partition {partition} timed out at {next}/{high}",
+                cfg.changelog_topic
+            )));
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {

@@ -60,12 +60,43 @@ pub struct WorkerMetrics {
 impl WorkerMetrics {
     pub fn new(registry: &Registry) -> Self {
         Self {
-            records: register(registry, IntCounterVec::new(Opts::new("huntflow_stage_records_total", "Input records by stage and outcome."), &["stage", "outcome"]).expect("valid metric")),
-            transactions: register(registry, IntCounterVec::new(Opts::new("huntflow_stage_transactions_total", "Transactions by stage and result."), &["stage", "result"]).expect("valid metric")),
-            restored: register(registry, IntCounterVec::new(Opts::new("huntflow_state_restored_records_total", "Changelog records applied to local state while restoring."), &["stage"]).expect("valid metric")),
+            records: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("huntflow_stage_records_total", "Input records by stage and outcome."),
+                    &["stage", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            transactions: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("huntflow_stage_transactions_total", "Transactions by stage and result."),
+                    &["stage", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            restored: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "huntflow_state_restored_records_total",
+                        "Changelog records applied to local state while restoring.",
+                    ),
+                    &["stage"],
+                )
+                .expect("valid metric"),
+            ),
             commit_seconds: register(
                 registry,
-                Histogram::with_opts(HistogramOpts::new("huntflow_stage_commit_duration_seconds", "Time to flush and commit one transaction.").buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])).expect("valid metric"),
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "huntflow_stage_commit_duration_seconds",
+                        "Time to flush and commit one transaction.",
+                    )
+                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                )
+                .expect("valid metric"),
             ),
         }
     }
@@ -173,7 +204,8 @@ impl<L: StageLogic> Engine<L> {
             let restored = restore_partition(&self.cfg, &self.store, p)?;
             self.report.restored += restored;
             self.metrics.restored.with_label_values(&[self.stage()]).inc_by(restored);
-            let position = self.store.get(p, POSITION_KEY)?.and_then(|b| b.as_slice().try_into().ok()).map(i64::from_be_bytes);
+            let position =
+                self.store.get(p, POSITION_KEY)?.and_then(|b| b.as_slice().try_into().ok()).map(i64::from_be_bytes);
             let offset = position.map_or(Offset::Beginning, Offset::Offset);
             tpl.add_partition_offset(&self.cfg.input_topic, p, offset)?;
             if let Some(pos) = position {
@@ -201,7 +233,14 @@ impl<L: StageLogic> Engine<L> {
         Ok(())
     }
 
-    fn send(&self, topic: &str, key: &[u8], payload: Option<&[u8]>, partition: Option<i32>, headers: OwnedHeaders) -> Result<(), StageError> {
+    fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        partition: Option<i32>,
+        headers: OwnedHeaders,
+    ) -> Result<(), StageError> {
         let mut record = BaseRecord::to(topic).key(key).headers(headers);
         if let Some(p) = payload {
             record = record.payload(p);
@@ -325,7 +364,8 @@ impl<L: StageLogic> Engine<L> {
         for (p, pos) in &self.positions {
             offsets.add_partition_offset(&self.cfg.input_topic, *p, Offset::Offset(*pos))?;
         }
-        let metadata = consumer.group_metadata().ok_or_else(|| StageError::Fatal("consumer has no group metadata".into()))?;
+        let metadata =
+            consumer.group_metadata().ok_or_else(|| StageError::Fatal("consumer has no group metadata".into()))?;
         self.producer.send_offsets_to_transaction(&offsets, &metadata, timeout)?;
         self.producer.commit_transaction(timeout)?;
         self.txn_open = false;
@@ -350,7 +390,8 @@ impl<L: StageLogic> Engine<L> {
         self.pending.clear();
         // Rewind to what the committed state says.
         for p in self.assigned.clone() {
-            let pos = self.store.get(p, POSITION_KEY)?.and_then(|b| b.as_slice().try_into().ok()).map(i64::from_be_bytes);
+            let pos =
+                self.store.get(p, POSITION_KEY)?.and_then(|b| b.as_slice().try_into().ok()).map(i64::from_be_bytes);
             match pos {
                 Some(pos) => {
                     self.positions.insert(p, pos);
@@ -390,7 +431,12 @@ fn lock<L: StageLogic>(e: &Mutex<Engine<L>>) -> Result<std::sync::MutexGuard<'_,
     e.lock().map_err(|_| StageError::Fatal("engine lock poisoned".into()))
 }
 
-fn worker_thread<L: StageLogic>(cfg: WorkerConfig, logic: L, metrics: WorkerMetrics, cancel: CancellationToken) -> Result<WorkerReport, StageError> {
+fn worker_thread<L: StageLogic>(
+    cfg: WorkerConfig,
+    logic: L,
+    metrics: WorkerMetrics,
+    cancel: CancellationToken,
+) -> Result<WorkerReport, StageError> {
     let store = StateStore::open(&cfg.state_dir, StoreOptions::default())?;
     let deliveries = Arc::new(Deliveries { changelog_topic: cfg.changelog_topic.clone(), ..Default::default() });
     let producer: TxnProducer = cfg

@@ -76,7 +76,10 @@ impl StateStore {
         cf_opts.set_block_based_table_factory(&table);
         cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = vec![ColumnFamilyDescriptor::new(CF_STATE, cf_opts.clone()), ColumnFamilyDescriptor::new(CF_META, Options::default())];
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_STATE, cf_opts.clone()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
         Ok(Self { db: DB::open_cf_descriptors(&db_opts, dir, cfs)? })
     }
 
@@ -89,7 +92,12 @@ impl StateStore {
     }
 
     /// Keys of `partition` starting with `prefix`, in order, while `keep` says so.
-    pub fn scan(&self, partition: i32, prefix: &[u8], mut keep: impl FnMut(&[u8], &[u8]) -> bool) -> Result<Vec<Write>, StateError> {
+    pub fn scan(
+        &self,
+        partition: i32,
+        prefix: &[u8],
+        mut keep: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Vec<Write>, StateError> {
         let start = prefixed(partition, prefix);
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_STATE)?, IteratorMode::From(&start, Direction::Forward)) {
@@ -148,7 +156,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = StateStore::open(dir.path(), StoreOptions::default()).unwrap();
-            s.apply(1, &[(b"d/a".to_vec(), Some(b"1".to_vec())), (b"d/b".to_vec(), Some(b"2".to_vec()))], Some(7)).unwrap();
+            s.apply(1, &[(b"d/a".to_vec(), Some(b"1".to_vec())), (b"d/b".to_vec(), Some(b"2".to_vec()))], Some(7))
+                .unwrap();
             s.apply(2, &[(b"d/a".to_vec(), Some(b"x".to_vec()))], Some(3)).unwrap();
             s.apply(1, &[(b"d/b".to_vec(), None)], None).unwrap();
         }

@@ -27,9 +27,7 @@ impl HumanDuration {
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m, h or d)"))?;
         let (digits, unit) = text.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+        let n: u64 = digits.parse().map_err(|_| format!("`{text}` does not start with a whole number"))?;
         let ms_per_unit = match unit {
             "ms" => 1,
             "s" => 1_000,
@@ -38,9 +36,7 @@ impl HumanDuration {
             "d" => 86_400_000,
             other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m, h or d)")),
         };
-        n.checked_mul(ms_per_unit)
-            .map(Self::from_millis)
-            .ok_or_else(|| format!("`{text}` is too large"))
+        n.checked_mul(ms_per_unit).map(Self::from_millis).ok_or_else(|| format!("`{text}` is too large"))
     }
 }
 

@@ -150,7 +150,11 @@ fn yaml_path(path: &serde_ignored::Path<'_>) -> String {
         P::Seq { parent, index } => format!("{}[{index}]", yaml_path(parent)),
         P::Map { parent, key } => {
             let parent = yaml_path(parent);
-            if parent.is_empty() { key.clone() } else { format!("{parent}.{key}") }
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
         }
         P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => yaml_path(parent),
     }
@@ -183,7 +187,12 @@ mod tests {
 
     #[test]
     fn safe_defaults_fill_only_what_is_missing() {
-        let t = TopicSpec { name: "x".into(), partitions: 1, replication_factor: 3, config: BTreeMap::from([("min.insync.replicas".into(), "3".into())]) };
+        let t = TopicSpec {
+            name: "x".into(),
+            partitions: 1,
+            replication_factor: 3,
+            config: BTreeMap::from([("min.insync.replicas".into(), "3".into())]),
+        };
         let c = safe_topic_config("leaderboards", &t);
         assert_eq!(c["min.insync.replicas"], "3");
         assert_eq!(c["unclean.leader.election.enable"], "false");

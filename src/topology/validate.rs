@@ -167,7 +167,9 @@ fn check_topic_config(at: &str, topic: &TopicSpec, p: &mut Problems) {
             }
             "min.insync.replicas" => match value.parse::<i32>() {
                 Ok(n) if n >= 1 && n <= topic.replication_factor => {}
-                Ok(n) => p.push(at, format!("{n} must be between 1 and the replication factor {}", topic.replication_factor)),
+                Ok(n) => {
+                    p.push(at, format!("{n} must be between 1 and the replication factor {}", topic.replication_factor))
+                }
                 Err(_) => p.push(at, format!("`{value}` is not a whole number")),
             },
             "cleanup.policy" => {

@@ -93,11 +93,7 @@ impl TumblingWindows {
     /// Lazy and uncapped: a jump from `i64::MIN` spans ~2^63 / size windows,
     /// so callers holding per-window state should prefer
     /// [`closed_windows`](Self::closed_windows).
-    pub fn closed_between(
-        &self,
-        old_watermark: i64,
-        new_watermark: i64,
-    ) -> impl Iterator<Item = i64> {
+    pub fn closed_between(&self, old_watermark: i64, new_watermark: i64) -> impl Iterator<Item = i64> {
         let first = self.first_index_closing_after(old_watermark);
         let end = self.first_index_closing_after(new_watermark).max(first);
         let this = *self;
@@ -105,15 +101,8 @@ impl TumblingWindows {
     }
 
     /// The closed windows among `open_starts`, sorted and deduplicated.
-    pub fn closed_windows(
-        &self,
-        open_starts: impl IntoIterator<Item = i64>,
-        watermark: i64,
-    ) -> Vec<i64> {
-        let mut closed: Vec<i64> = open_starts
-            .into_iter()
-            .filter(|&start| self.is_closed(start, watermark))
-            .collect();
+    pub fn closed_windows(&self, open_starts: impl IntoIterator<Item = i64>, watermark: i64) -> Vec<i64> {
+        let mut closed: Vec<i64> = open_starts.into_iter().filter(|&start| self.is_closed(start, watermark)).collect();
         closed.sort_unstable();
         closed.dedup();
         closed
@@ -152,14 +141,8 @@ mod tests {
 
     #[test]
     fn new_rejects_non_positive_size_and_negative_grace() {
-        assert_eq!(
-            TumblingWindows::new(0, 0),
-            Err(WindowError::NonPositiveSize(0))
-        );
-        assert_eq!(
-            TumblingWindows::new(10, -1),
-            Err(WindowError::NegativeGrace(-1))
-        );
+        assert_eq!(TumblingWindows::new(0, 0), Err(WindowError::NonPositiveSize(0)));
+        assert_eq!(TumblingWindows::new(10, -1), Err(WindowError::NegativeGrace(-1)));
     }
 
     #[test]
@@ -225,10 +208,7 @@ mod tests {
     fn reference_closed_between(size: i64, grace: i64, old: i64, new: i64) -> Vec<i64> {
         let lo = (old - size - grace).div_euclid(size) - 1;
         let hi = new.div_euclid(size) + 1;
-        (lo..=hi)
-            .map(|k| k * size)
-            .filter(|s| old < s + size + grace && s + size + grace <= new)
-            .collect()
+        (lo..=hi).map(|k| k * size).filter(|s| old < s + size + grace && s + size + grace <= new).collect()
     }
 
     proptest! {

@@ -10,10 +10,7 @@ struct PartitionProgress {
 }
 
 impl PartitionProgress {
-    const UNKNOWN: Self = Self {
-        max_ms: i64::MIN,
-        idle: false,
-    };
+    const UNKNOWN: Self = Self { max_ms: i64::MIN, idle: false };
 }
 
 /// Tracks per-input-partition progress and derives the stage watermark.
@@ -36,13 +33,7 @@ impl WatermarkTracker {
     /// All partitions start active with unknown progress (`i64::MIN`), so the
     /// watermark holds until each has reported.
     pub fn new(partitions: impl IntoIterator<Item = i32>) -> Self {
-        Self {
-            partitions: partitions
-                .into_iter()
-                .map(|p| (p, PartitionProgress::UNKNOWN))
-                .collect(),
-            last: None,
-        }
+        Self { partitions: partitions.into_iter().map(|p| (p, PartitionProgress::UNKNOWN)).collect(), last: None }
     }
 
     /// Records an event from `partition` (added if unknown) and marks it active.
@@ -57,10 +48,7 @@ impl WatermarkTracker {
     }
 
     fn bump(&mut self, partition: i32, time_ms: i64) {
-        let progress = self
-            .partitions
-            .entry(partition)
-            .or_insert(PartitionProgress::UNKNOWN);
+        let progress = self.partitions.entry(partition).or_insert(PartitionProgress::UNKNOWN);
         progress.max_ms = progress.max_ms.max(time_ms);
         progress.idle = false;
     }
@@ -75,9 +63,7 @@ impl WatermarkTracker {
 
     /// Starts tracking `partition` (no-op if already tracked, to keep progress).
     pub fn add_partition(&mut self, partition: i32) {
-        self.partitions
-            .entry(partition)
-            .or_insert(PartitionProgress::UNKNOWN);
+        self.partitions.entry(partition).or_insert(PartitionProgress::UNKNOWN);
     }
 
     pub fn remove_partition(&mut self, partition: i32) {
@@ -102,15 +88,8 @@ impl WatermarkTracker {
     }
 
     fn computed(&self) -> i64 {
-        let active = self
-            .partitions
-            .values()
-            .filter(|p| !p.idle)
-            .map(|p| p.max_ms)
-            .min();
-        active
-            .or_else(|| self.partitions.values().map(|p| p.max_ms).max())
-            .unwrap_or(i64::MIN)
+        let active = self.partitions.values().filter(|p| !p.idle).map(|p| p.max_ms).min();
+        active.or_else(|| self.partitions.values().map(|p| p.max_ms).max()).unwrap_or(i64::MIN)
     }
 }
 

@@ -56,7 +56,8 @@ impl Harness {
         let cluster = Arc::new(Cluster::connect(&settings, &topology).expect("embedded broker"));
         let (tokens, pairs) = ShardTokens::generate(shards);
         let stop = CancellationToken::new();
-        let ingest = start_ingest(&settings, &topology, cluster.clone(), tokens, stop.clone()).await.expect("ingest starts");
+        let ingest =
+            start_ingest(&settings, &topology, cluster.clone(), tokens, stop.clone()).await.expect("ingest starts");
         let base_url = format!("http://{}", ingest.addr);
         Self { topology, cluster, ingest: Some(ingest), stop, tokens: pairs, base_url }
     }
