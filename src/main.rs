@@ -43,8 +43,8 @@ enum Command {
     Ingest,
     /// Run one stage worker (consumer-group member) until SIGTERM.
     Worker {
-        /// Stage to run. Only `claim` is built so far; `score` and `rank` are not.
-        #[arg(long, value_parser = ["claim"])]
+        /// Stage to run.
+        #[arg(long, value_parser = ["claim", "score", "rank"])]
         stage: String,
         /// Stable instance number (the StatefulSet ordinal): fixes the
         /// transactional.id, so a restarted worker fences its predecessor.
@@ -209,10 +209,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             huntflow::run::ingest_until(load()?, huntflow::signals::shutdown_token()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker { stage: _, instance } => {
-            let report = huntflow::run::claim_worker(load()?, instance, huntflow::signals::shutdown_token()).await?;
+        Command::Worker { stage, instance } => {
+            let kind = huntflow::pipeline::StageKind::parse(&stage).context("unknown stage")?;
+            let report =
+                huntflow::run::stage_worker(load()?, kind, instance, huntflow::signals::shutdown_token()).await?;
             println!(
-                "claim worker {instance} stopped: {} processed, {} skipped, {} commits, {} aborts, {} records restored",
+                "{stage} worker {instance} stopped: {} processed, {} skipped, {} commits, {} aborts, {} records restored",
                 report.processed, report.skipped, report.commits, report.aborts, report.restored
             );
             Ok(ExitCode::SUCCESS)

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Settings, ShardTokens};
 use crate::ingest::{self, IngestState};
 use crate::kafka::{Cluster, EventProducer, KafkaError};
+use crate::pipeline::{self, StageKind};
 use crate::simulate::{self, SimulateOptions, SimulateReport, Target};
 use crate::topology::{Topology, TopologyError};
 
@@ -154,43 +155,18 @@ pub async fn main_job(
     })
 }
 
-/// The claim stage worker's configuration for `instance` (e.g. the pod
-/// ordinal): deterministic `transactional.id`, one state directory per
-/// instance.
-pub fn claim_worker_config(
-    settings: &Settings,
-    cluster: &Cluster,
-    topology: &Topology,
-    instance: u32,
-) -> crate::stage::WorkerConfig {
-    let spec = topology.spec();
-    let topics = &spec.topics;
-    crate::stage::WorkerConfig {
-        client: cluster.client_config(),
-        group_id: "huntflow-claim".into(),
-        transactional_id: format!("huntflow-claim-{instance}"),
-        input_topic: topics.events.name.clone(),
-        output_topic: topics.accepted.name.clone(),
-        dead_letter_topic: topics.dead_letter.name.clone(),
-        changelog_topic: format!("{}claim", topics.changelog_prefix),
-        topology_hash: topology.hash().to_owned(),
-        state_dir: settings.state_dir.join(format!("claim-{instance}")),
-        commit_interval: spec.stages.commit_interval.0,
-        transaction_timeout: Duration::from_secs(30),
-        session_timeout: Duration::from_secs(10),
-    }
-}
-
-/// `huntflow worker --stage claim`: runs until SIGTERM, then commits the open
+/// `huntflow worker --stage X`: runs until SIGTERM, then commits the open
 /// transaction and returns.
-pub async fn claim_worker(
+pub async fn stage_worker(
     settings: Settings,
+    kind: StageKind,
     instance: u32,
     shutdown: CancellationToken,
 ) -> Result<crate::stage::WorkerReport, RunError> {
     let topology = Topology::load(&settings.topology)?;
     let cluster = Cluster::connect(&settings, &topology)?;
     let registry = Registry::new();
-    let cfg = claim_worker_config(&settings, &cluster, &topology, instance);
-    Ok(crate::stage::run_worker(cfg, crate::claim::ClaimStage::new(&topology), &registry, shutdown).await?)
+    let metrics = crate::stage::WorkerMetrics::new(&registry);
+    let cfg = pipeline::worker_config(kind, &settings, &cluster, &topology, instance);
+    Ok(pipeline::run_stage(kind, cfg, &topology, metrics, shutdown).await?)
 }

@@ -36,7 +36,7 @@ fn event(id: &str, player: &str, chest: Option<&str>, time: i64) -> GameEvent {
 fn worker_config(cluster: &Cluster, topology: &Topology, state_dir: &Path, instance: u32) -> WorkerConfig {
     let mut settings = huntflow::config::Settings::default();
     settings.state_dir = state_dir.to_path_buf();
-    let mut cfg = huntflow::run::claim_worker_config(&settings, cluster, topology, instance);
+    let mut cfg = huntflow::pipeline::worker_config(huntflow::pipeline::StageKind::Claim, &settings, cluster, topology, instance);
     cfg.state_dir = state_dir.to_path_buf();
     cfg.transaction_timeout = Duration::from_secs(10);
     cfg.session_timeout = Duration::from_secs(6);
@@ -51,7 +51,7 @@ async fn run_until(cluster: &Cluster, topology: &Topology, dir: &Path, expected:
     let cfg = worker_config(cluster, topology, dir, 0);
     let worker = tokio::spawn({
         let (cancel, logic) = (cancel.clone(), ClaimStage::new(topology));
-        async move { run_worker(cfg, logic, &registry, cancel).await }
+        async move { run_worker(cfg, logic, huntflow::stage::WorkerMetrics::new(&registry), cancel).await }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

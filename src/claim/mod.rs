@@ -12,7 +12,7 @@
 //! exactly as the first run did.
 
 use crate::event::{self, EventKind};
-use crate::kafka::{HEADER_REASON, HEADER_REASON_CODE, HEADER_SCHEMA, HEADER_STAGE};
+use crate::kafka::HEADER_SCHEMA;
 use crate::stage::{Input, Output, PartitionState, Processed, Sink, StageError, StageLogic};
 use crate::topology::Topology;
 
@@ -43,18 +43,7 @@ fn i64_of(b: &[u8]) -> Option<i64> {
 }
 
 fn dead_letter(input: &Input<'_>, code: &'static str, reason: String) -> Output {
-    Output {
-        sink: Sink::DeadLetter,
-        key: input.key.unwrap_or_default().to_vec(),
-        payload: input.payload.to_vec(),
-        partition: None,
-        headers: vec![
-            (HEADER_STAGE, "claim".into()),
-            (HEADER_REASON_CODE, code.into()),
-            (HEADER_REASON, reason),
-            (HEADER_SCHEMA, "dead-letter/v1".into()),
-        ],
-    }
+    Output::dead_letter("claim", input, code, reason)
 }
 
 impl StageLogic for ClaimStage {

@@ -60,6 +60,11 @@ impl TopN {
         self.ranked.iter().cloned().collect()
     }
 
+    /// The entry an outsider has to beat once the board is full.
+    pub fn worst(&self) -> Option<&Entry> {
+        self.ranked.last()
+    }
+
     pub fn len(&self) -> usize {
         self.ranked.len()
     }

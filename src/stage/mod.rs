@@ -90,6 +90,8 @@ pub struct Input<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sink {
     Primary,
+    /// The stage's second output topic (rank: prize batches).
+    Secondary,
     DeadLetter,
 }
 
@@ -102,6 +104,25 @@ pub struct Output {
     /// Explicit partition (watermark broadcast); `None` partitions by key.
     pub partition: Option<i32>,
     pub headers: Vec<(&'static str, String)>,
+}
+
+impl Output {
+    /// The input record, untouched, for the dead-letter topic with its reason.
+    pub fn dead_letter(stage: &'static str, input: &Input<'_>, code: &'static str, reason: String) -> Self {
+        use crate::kafka::{HEADER_REASON, HEADER_REASON_CODE, HEADER_SCHEMA, HEADER_STAGE};
+        Output {
+            sink: Sink::DeadLetter,
+            key: input.key.unwrap_or_default().to_vec(),
+            payload: input.payload.to_vec(),
+            partition: None,
+            headers: vec![
+                (HEADER_STAGE, stage.into()),
+                (HEADER_REASON_CODE, code.into()),
+                (HEADER_REASON, reason),
+                (HEADER_SCHEMA, "dead-letter/v1".into()),
+            ],
+        }
+    }
 }
 
 /// What a stage did with one input, for metrics (bounded label values).
@@ -147,6 +168,24 @@ impl PartitionState<'_> {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
         Ok(self.store.scan(self.partition, prefix, keep)?.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
     }
+
+    /// Every key under `prefix` as this transaction sees it (committed keys
+    /// overlaid with its own writes). For small prefixes only.
+    pub fn scan(&self, prefix: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StateError> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = self.scan_committed(prefix, |_, _| true)?.into_iter().collect();
+        for (k, v) in self.pending.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out)
+    }
+
+    /// Next input offset of this partition (0 before the first record).
+    pub fn position(&self) -> Result<i64, StateError> {
+        Ok(self.get(POSITION_KEY)?.and_then(|b| b.as_slice().try_into().ok()).map(i64::from_be_bytes).unwrap_or(0))
+    }
 }
 
 /// A stage's logic. Must be deterministic per input partition: the same
@@ -158,6 +197,15 @@ pub trait StageLogic: Send + 'static {
     fn before_commit(&mut self, _state: &mut PartitionState<'_>) -> Result<(), StageError> {
         Ok(())
     }
+    /// Called every few milliseconds per assigned partition, with or without
+    /// input, for output paced by wall clock (leaderboard snapshots). What it
+    /// writes must be harmless to replay (versioned snapshots).
+    fn tick(&mut self, _state: &mut PartitionState<'_>, _now: std::time::Instant) -> Result<Vec<Output>, StageError> {
+        Ok(Vec::new())
+    }
+    /// Uncommitted state was dropped (abort) or partitions moved: forget any
+    /// in-memory cache of state and reload it lazily.
+    fn on_rewind(&mut self) {}
 }
 
 #[cfg(test)]

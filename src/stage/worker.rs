@@ -23,9 +23,12 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::restore::restore_partition;
-use super::{Input, Lineage, PartitionState, Sink, StageError, StageLogic, HEADER_LINEAGE, POSITION_KEY};
+use super::{Input, Lineage, Output, PartitionState, Sink, StageError, StageLogic, HEADER_LINEAGE, POSITION_KEY};
 use crate::kafka::{HEADER_SCHEMA, HEADER_TOPOLOGY_HASH};
 use crate::state::{StateStore, StoreOptions};
+
+/// Lineage indexes of tick outputs start here, above any per-record index.
+const TICK_INDEX_BASE: u32 = 1 << 30;
 use crate::telemetry::register;
 
 /// Everything a worker needs to know; built by the caller from settings
@@ -40,6 +43,8 @@ pub struct WorkerConfig {
     pub transactional_id: String,
     pub input_topic: String,
     pub output_topic: String,
+    /// Target of `Sink::Secondary` outputs (rank: the prizes topic).
+    pub secondary_topic: Option<String>,
     pub dead_letter_topic: String,
     pub changelog_topic: String,
     pub topology_hash: String,
@@ -179,6 +184,7 @@ impl<L: StageLogic> ConsumerContext for StageContext<L> {
             }
             engine.assigned.clear();
             engine.positions.clear();
+            engine.logic.on_rewind();
         }
     }
 
@@ -199,6 +205,7 @@ impl<L: StageLogic> Engine<L> {
     }
 
     fn on_assign(&mut self, consumer: &BaseConsumer<StageContext<L>>, partitions: &[i32]) -> Result<(), StageError> {
+        self.logic.on_rewind();
         let mut tpl = TopicPartitionList::new();
         for &p in partitions {
             let restored = restore_partition(&self.cfg, &self.store, p)?;
@@ -299,20 +306,44 @@ impl<L: StageLogic> Engine<L> {
         };
         self.report.processed += 1;
         self.metrics.records.with_label_values(&[self.logic.name(), processed.outcome]).inc();
-        let stage = self.logic.name();
         for (i, out) in processed.outputs.iter().enumerate() {
-            let lineage = Lineage { partition: p, offset, index: i as u32 }.encode(stage);
-            let mut headers = OwnedHeaders::new()
-                .insert(Header { key: HEADER_TOPOLOGY_HASH, value: Some(self.cfg.topology_hash.as_str()) })
-                .insert(Header { key: HEADER_LINEAGE, value: Some(lineage.as_str()) });
-            for (k, v) in &out.headers {
-                headers = headers.insert(Header { key: k, value: Some(v.as_str()) });
+            self.emit(Lineage { partition: p, offset, index: i as u32 }, out)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&self, lineage: Lineage, out: &Output) -> Result<(), StageError> {
+        let lineage = lineage.encode(self.logic.name());
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: HEADER_TOPOLOGY_HASH, value: Some(self.cfg.topology_hash.as_str()) })
+            .insert(Header { key: HEADER_LINEAGE, value: Some(lineage.as_str()) });
+        for (k, v) in &out.headers {
+            headers = headers.insert(Header { key: k, value: Some(v.as_str()) });
+        }
+        let topic = match (out.sink, &self.cfg.secondary_topic) {
+            (Sink::Primary, _) => &self.cfg.output_topic,
+            (Sink::Secondary, Some(t)) => t,
+            (Sink::Secondary, None) => return Err(StageError::Fatal("stage has no secondary output topic".into())),
+            (Sink::DeadLetter, _) => &self.cfg.dead_letter_topic,
+        };
+        self.send(topic, &out.key, Some(&out.payload), out.partition, headers)
+    }
+
+    /// Wall-clock paced output (snapshots). Its lineage points past the last
+    /// input applied, with indexes no input record uses.
+    fn tick(&mut self, now: Instant) -> Result<(), StageError> {
+        for p in self.assigned.clone() {
+            let pending = self.pending.entry(p).or_default();
+            let mut state = PartitionState { store: &self.store, partition: p, pending };
+            let outputs = self.logic.tick(&mut state, now)?;
+            if outputs.is_empty() {
+                continue;
             }
-            let topic = match out.sink {
-                Sink::Primary => &self.cfg.output_topic,
-                Sink::DeadLetter => &self.cfg.dead_letter_topic,
-            };
-            self.send(topic, &out.key, Some(&out.payload), out.partition, headers)?;
+            self.begin()?;
+            let offset = self.positions.get(&p).copied().unwrap_or(0) - 1;
+            for (i, out) in outputs.iter().enumerate() {
+                self.emit(Lineage { partition: p, offset, index: TICK_INDEX_BASE + i as u32 }, out)?;
+            }
         }
         Ok(())
     }
@@ -388,6 +419,7 @@ impl<L: StageLogic> Engine<L> {
         self.producer.abort_transaction(self.cfg.transaction_timeout)?;
         self.txn_open = false;
         self.pending.clear();
+        self.logic.on_rewind();
         // Rewind to what the committed state says.
         for p in self.assigned.clone() {
             let pos =
@@ -413,10 +445,9 @@ impl<L: StageLogic> Engine<L> {
 pub async fn run_worker<L: StageLogic>(
     cfg: WorkerConfig,
     logic: L,
-    registry: &Registry,
+    metrics: WorkerMetrics,
     cancel: CancellationToken,
 ) -> Result<WorkerReport, StageError> {
-    let metrics = WorkerMetrics::new(registry);
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("huntflow-{}", logic.name()))
@@ -477,6 +508,8 @@ fn worker_thread<L: StageLogic>(
         .set("heartbeat.interval.ms", (cfg.session_timeout.as_millis() / 4).max(100).to_string())
         .create_with_context(StageContext { engine: engine.clone() })?;
     consumer.subscribe(&[&cfg.input_topic])?;
+    let tick_every = cfg.commit_interval.min(Duration::from_millis(50));
+    let mut last_tick = Instant::now();
 
     loop {
         if cancel.is_cancelled() {
@@ -499,6 +532,13 @@ fn worker_thread<L: StageLogic>(
             }
             Some(Err(err)) => tracing::debug!(error = %err, "consumer error"),
             None => {}
+        }
+        if last_tick.elapsed() >= tick_every {
+            last_tick = Instant::now();
+            if let Err(err) = e.tick(last_tick) {
+                tracing::warn!(error = %err, "tick failed; aborting the transaction");
+                e.abort(&consumer, &err)?;
+            }
         }
         if e.txn_open && e.txn_started.elapsed() >= cfg.commit_interval {
             e.commit(&consumer)?;

@@ -1,0 +1,417 @@
+//! The rank stage: merges the per-partition top-N candidates of each board
+//! into the exact global top-N, publishes leaderboard snapshots (at most one
+//! per board per publish interval), and when the watermark passes a window's
+//! end + grace emits one prize batch per (hunt, tier, window).
+//!
+//! State keys (per candidates partition):
+//! - `m/<score partition u32>` -> forwarded watermark (i64 BE);
+//! - `e/<hunt u16><tier u16><board 8><player>` -> `points u64 ++ reached_at i64`;
+//! - `k/<ht 4><window 8><chest key>` -> chest award (JSON);
+//! - `o/<ht 4><window 8>` -> window is open (has state, prizes not emitted);
+//! - `y/<ht 4><board 8>` -> board changed since its last snapshot.
+//!
+//! A window's state is deleted when it closes. The partition watermark is
+//! the minimum over all score partitions; until every one has reported, no
+//! window closes.
+
+pub mod output;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::kafka::HEADER_SCHEMA;
+use crate::ranking::Entry;
+use crate::score::candidate::{hunt_tier_id, hunt_tier_of};
+use crate::score::{Board, Candidate};
+use crate::stage::{Input, Output, PartitionState, Processed, Sink, StageError, StageLogic};
+use crate::topology::Topology;
+use crate::windowing::TumblingWindows;
+pub use output::{chest_award_key, rank_award_key, Award, PrizeBatch, RankedEntry, Snapshot};
+
+type Ht = [u8; 4];
+
+pub struct RankStage {
+    topology: Topology,
+    windows: TumblingWindows,
+    top_n: usize,
+    publish_interval: Duration,
+    /// Cache of `e/` per board.
+    boards: HashMap<(i32, Ht, Board), BoardEntries>,
+    /// Cache of `m/` per partition.
+    marks: HashMap<i32, BTreeMap<i32, i64>>,
+    /// Wall clock of each board's last snapshot (pacing only; not state).
+    published: HashMap<(i32, Ht, Board), Instant>,
+}
+
+/// Every candidate of one board, ranked.
+#[derive(Default)]
+struct BoardEntries {
+    ranked: BTreeSet<Entry>,
+    by_player: HashMap<String, Entry>,
+}
+
+impl BoardEntries {
+    fn put(&mut self, entry: Entry) {
+        if let Some(old) = self.by_player.insert(entry.player_id.clone(), entry.clone()) {
+            self.ranked.remove(&old);
+        }
+        self.ranked.insert(entry);
+    }
+
+    fn remove(&mut self, player_id: &str) {
+        if let Some(old) = self.by_player.remove(player_id) {
+            self.ranked.remove(&old);
+        }
+    }
+}
+
+fn key(prefix: &[u8], ht: Ht, board: Board, rest: &[u8]) -> Vec<u8> {
+    [prefix, &ht, &board.key_bytes(), rest].concat()
+}
+
+fn i64_of(b: &[u8]) -> Option<i64> {
+    b.get(..8)?.try_into().ok().map(i64::from_be_bytes)
+}
+
+impl RankStage {
+    pub fn new(topology: &Topology) -> Result<Self, StageError> {
+        let spec = topology.spec();
+        let w = &spec.windows.prize;
+        let windows = TumblingWindows::new(w.size.as_millis() as i64, w.grace.as_millis() as i64)
+            .map_err(|e| StageError::Fatal(format!("prize window: {e}")))?;
+        Ok(Self {
+            topology: topology.clone(),
+            windows,
+            top_n: spec.stages.top_n as usize,
+            publish_interval: spec.stages.leaderboard_publish_interval.0,
+            boards: HashMap::new(),
+            marks: HashMap::new(),
+            published: HashMap::new(),
+        })
+    }
+
+    fn board<'s>(
+        &'s mut self,
+        state: &PartitionState<'_>,
+        ht: Ht,
+        board: Board,
+    ) -> Result<&'s mut BoardEntries, StageError> {
+        let p = state.partition();
+        if !self.boards.contains_key(&(p, ht, board)) {
+            let mut entries = BoardEntries::default();
+            let prefix = key(b"e/", ht, board, b"");
+            for (k, v) in state.scan(&prefix)? {
+                let player = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                if let (Some(points), Some(reached_at)) = (v.get(..8), v.get(8..16).and_then(i64_of)) {
+                    let points = u64::from_be_bytes(points.try_into().unwrap_or_default());
+                    entries.put(Entry { player_id: player, points, reached_at });
+                }
+            }
+            self.boards.insert((p, ht, board), entries);
+        }
+        self.boards.get_mut(&(p, ht, board)).ok_or_else(|| StageError::Fatal("board cache".into()))
+    }
+
+    fn marks<'s>(&'s mut self, state: &PartitionState<'_>) -> Result<&'s mut BTreeMap<i32, i64>, StageError> {
+        let p = state.partition();
+        if !self.marks.contains_key(&p) {
+            let mut m = BTreeMap::new();
+            for (k, v) in state.scan(b"m/")? {
+                if let (Some(sp), Some(w)) = (k.get(2..6), i64_of(&v)) {
+                    m.insert(i32::from_be_bytes(sp.try_into().unwrap_or_default()), w);
+                }
+            }
+            self.marks.insert(p, m);
+        }
+        self.marks.get_mut(&p).ok_or_else(|| StageError::Fatal("watermark cache".into()))
+    }
+
+    /// Min over score partitions, once all of them reported.
+    fn watermark(&mut self, state: &PartitionState<'_>) -> Result<Option<i64>, StageError> {
+        let partitions = self.topology.spec().topics.accepted.partitions as usize;
+        let marks = self.marks(state)?;
+        Ok((marks.len() >= partitions).then(|| marks.values().copied().min()).flatten())
+    }
+
+    fn snapshot(
+        &mut self,
+        state: &PartitionState<'_>,
+        ht: Ht,
+        board: Board,
+        version: i64,
+        closed: bool,
+    ) -> Result<Output, StageError> {
+        let watermark = self.watermark(state)?;
+        let (hunt_id, tier) = self.names(ht)?;
+        let top_n = self.top_n;
+        let entries = self.board(state, ht, board)?;
+        let entries: Vec<RankedEntry> = entries
+            .ranked
+            .iter()
+            .take(top_n)
+            .enumerate()
+            .map(|(i, e)| RankedEntry {
+                rank: i as u32 + 1,
+                player_id: e.player_id.clone(),
+                points: e.points,
+                reached_at: e.reached_at,
+            })
+            .collect();
+        let (window_start, window_end) = match board {
+            Board::Lifetime => (None, None),
+            Board::Window(s) => (Some(s), Some(self.windows.window_end(s))),
+        };
+        let snap = Snapshot {
+            board: board.label(),
+            window_start,
+            window_end,
+            version,
+            watermark,
+            closed,
+            entries,
+            hunt_id,
+            tier,
+        };
+        Ok(Output {
+            sink: Sink::Primary,
+            key: Snapshot::record_key(&snap.hunt_id, &snap.tier, &snap.board).into_bytes(),
+            payload: serde_json::to_vec(&snap).map_err(|e| StageError::Fatal(format!("encode snapshot: {e}")))?,
+            partition: None,
+            headers: vec![(HEADER_SCHEMA, "leaderboard/v1".into())],
+        })
+    }
+
+    fn names(&self, ht: Ht) -> Result<(String, String), StageError> {
+        hunt_tier_of(&self.topology, &ht)
+            .map(|(h, t)| (h.id.clone(), t.name.clone()))
+            .ok_or_else(|| StageError::Fatal("state names an unknown hunt or tier".into()))
+    }
+
+    /// Prize batch and final snapshot of one window; drops its state.
+    fn close(
+        &mut self,
+        state: &mut PartitionState<'_>,
+        ht: Ht,
+        start: i64,
+        version: i64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), StageError> {
+        let board = Board::Window(start);
+        let (hunt, tier) = hunt_tier_of(&self.topology, &ht)
+            .map(|(h, t)| (h.clone(), t.clone()))
+            .ok_or_else(|| StageError::Fatal("state names an unknown hunt or tier".into()))?;
+        let final_snapshot = self.snapshot(state, ht, board, version, true)?;
+        let mut awards = Vec::new();
+        let top_n = self.top_n;
+        let entries = self.board(state, ht, board)?;
+        for (i, e) in entries.ranked.iter().take(top_n).enumerate() {
+            let rank = i as u32 + 1;
+            if let Some(r) = tier.rank_rewards.iter().find(|r| r.from <= rank && rank <= r.to) {
+                awards.push(Award {
+                    idempotency_key: rank_award_key(&hunt.id, &tier.name, start, rank, &e.player_id),
+                    kind: "rank".into(),
+                    player_id: e.player_id.clone(),
+                    amount: r.reward,
+                    rank: Some(rank),
+                    chest_key: None,
+                    event_id: None,
+                });
+            }
+        }
+        let players: Vec<String> = entries.by_player.keys().cloned().collect();
+        for player in players {
+            state.delete(key(b"e/", ht, board, player.as_bytes()));
+        }
+        let chest_prefix = key(b"k/", ht, board, b"");
+        for (k, v) in state.scan(&chest_prefix)? {
+            let chest: Candidate = Candidate::decode(&v).map_err(|e| StageError::Fatal(format!("chest state: {e}")))?;
+            if let Candidate::Chest { player_id, chest_key, event_id, reward, .. } = chest {
+                awards.push(Award {
+                    idempotency_key: chest_award_key(&hunt.id, &chest_key),
+                    kind: "chest".into(),
+                    player_id,
+                    amount: reward,
+                    rank: None,
+                    chest_key: Some(chest_key),
+                    event_id: Some(event_id),
+                });
+            }
+            state.delete(k);
+        }
+        state.delete(key(b"o/", ht, board, b""));
+        state.delete(key(b"y/", ht, board, b""));
+        let p = state.partition();
+        self.boards.remove(&(p, ht, board));
+        self.published.remove(&(p, ht, board));
+
+        let batch = PrizeBatch {
+            batch_id: format!("{}/{}/{start}", hunt.id, tier.name),
+            hunt_id: hunt.id.clone(),
+            tier: tier.name.clone(),
+            currency: hunt.currency.clone(),
+            window_start: start,
+            window_end: self.windows.window_end(start),
+            awards,
+        };
+        out.push(Output {
+            sink: Sink::Secondary,
+            key: batch.batch_id.clone().into_bytes(),
+            payload: serde_json::to_vec(&batch).map_err(|e| StageError::Fatal(format!("encode batch: {e}")))?,
+            partition: None,
+            headers: vec![(HEADER_SCHEMA, "prize-batch/v1".into())],
+        });
+        out.push(final_snapshot);
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        state: &mut PartitionState<'_>,
+        input: &Input<'_>,
+        c: Candidate,
+    ) -> Result<Processed, StageError> {
+        let version = input.offset + 1;
+        let mut outputs = Vec::new();
+        let topology = self.topology.clone();
+        let ht_of = |hunt: &str, tier: &str| hunt_tier_id(&topology, hunt, tier);
+        match c {
+            Candidate::Entry { hunt_id, tier, board, player_id, points, reached_at } => {
+                let Some(ht) = ht_of(&hunt_id, &tier) else { return unknown(input, &hunt_id, &tier) };
+                if self.is_closed(state, board)? {
+                    return after_close(input, board);
+                }
+                let value = [points.to_be_bytes(), reached_at.to_be_bytes()].concat();
+                state.put(key(b"e/", ht, board, player_id.as_bytes()), value);
+                self.board(state, ht, board)?.put(Entry { player_id, points, reached_at });
+                self.touch(state, ht, board);
+            }
+            Candidate::Evict { hunt_id, tier, board, player_id } => {
+                let Some(ht) = ht_of(&hunt_id, &tier) else { return unknown(input, &hunt_id, &tier) };
+                if self.is_closed(state, board)? {
+                    return after_close(input, board);
+                }
+                state.delete(key(b"e/", ht, board, player_id.as_bytes()));
+                self.board(state, ht, board)?.remove(&player_id);
+                self.touch(state, ht, board);
+            }
+            Candidate::Chest { ref hunt_id, ref tier, window_start, ref chest_key, .. } => {
+                let Some(ht) = ht_of(hunt_id, tier) else { return unknown(input, hunt_id, tier) };
+                let board = Board::Window(window_start);
+                if self.is_closed(state, board)? {
+                    return after_close(input, board);
+                }
+                state.put(key(b"k/", ht, board, chest_key.as_bytes()), c.encode());
+                state.put(key(b"o/", ht, board, b""), Vec::new());
+            }
+            Candidate::Watermark { partition, watermark, .. } => {
+                let before = self.watermark(state)?;
+                let marks = self.marks(state)?;
+                let w = marks.entry(partition).or_insert(i64::MIN);
+                if watermark <= *w {
+                    return Ok(Processed { outcome: "watermark", outputs });
+                }
+                *w = watermark;
+                state.put([b"m/".as_slice(), &partition.to_be_bytes()].concat(), watermark.to_be_bytes().to_vec());
+                let after = self.watermark(state)?;
+                if let Some(now) = after.filter(|a| before.is_none_or(|b| a > &b)) {
+                    let windows = self.windows;
+                    let due: Vec<(Ht, i64)> = state
+                        .scan(b"o/")?
+                        .keys()
+                        .filter_map(|k| {
+                            let ht: Ht = k.get(2..6)?.try_into().ok()?;
+                            match Board::from_key_bytes(k.get(6..14)?)? {
+                                Board::Window(s) if windows.is_closed(s, now) => Some((ht, s)),
+                                _ => None,
+                            }
+                        })
+                        .collect();
+                    for (ht, start) in due {
+                        self.close(state, ht, start, version, &mut outputs)?;
+                    }
+                    let outcome = if outputs.is_empty() { "watermark" } else { "windows_closed" };
+                    return Ok(Processed { outcome, outputs });
+                }
+                return Ok(Processed { outcome: "watermark", outputs });
+            }
+        }
+        Ok(Processed { outcome: "merged", outputs })
+    }
+
+    fn is_closed(&mut self, state: &PartitionState<'_>, board: Board) -> Result<bool, StageError> {
+        Ok(match board {
+            Board::Window(s) => self.watermark(state)?.is_some_and(|w| self.windows.is_closed(s, w)),
+            Board::Lifetime => false,
+        })
+    }
+
+    fn touch(&mut self, state: &mut PartitionState<'_>, ht: Ht, board: Board) {
+        if let Board::Window(_) = board {
+            state.put(key(b"o/", ht, board, b""), Vec::new());
+        }
+        state.put(key(b"y/", ht, board, b""), Vec::new());
+    }
+}
+
+fn unknown(input: &Input<'_>, hunt: &str, tier: &str) -> Result<Processed, StageError> {
+    let reason = format!("hunt {hunt} has no tier {tier} in this topology");
+    Ok(Processed { outcome: "dead_lettered", outputs: vec![Output::dead_letter("rank", input, "unknown_tier", reason)] })
+}
+
+/// Cannot happen while score orders candidates before watermarks; kept
+/// visible rather than silently merged into a batch already paid.
+fn after_close(input: &Input<'_>, board: Board) -> Result<Processed, StageError> {
+    let reason = format!("candidate for window {} arrived after it closed", board.label());
+    Ok(Processed {
+        outcome: "after_close",
+        outputs: vec![Output::dead_letter("rank", input, "candidate_after_close", reason)],
+    })
+}
+
+impl StageLogic for RankStage {
+    fn name(&self) -> &'static str {
+        "rank"
+    }
+
+    fn process(&mut self, state: &mut PartitionState<'_>, input: &Input<'_>) -> Result<Processed, StageError> {
+        match Candidate::decode(input.payload) {
+            Ok(c) => self.apply(state, input, c),
+            Err(e) => Ok(Processed {
+                outcome: "dead_lettered",
+                outputs: vec![Output::dead_letter("rank", input, "bad_candidate", e.to_string())],
+            }),
+        }
+    }
+
+    fn tick(&mut self, state: &mut PartitionState<'_>, now: Instant) -> Result<Vec<Output>, StageError> {
+        let p = state.partition();
+        let dirty = state.scan(b"y/")?;
+        let mut out = Vec::new();
+        if dirty.is_empty() {
+            return Ok(out);
+        }
+        let version = state.position()?;
+        for k in dirty.keys() {
+            let (Some(ht), Some(board)) =
+                (k.get(2..6).and_then(|b| Ht::try_from(b).ok()), k.get(6..14).and_then(Board::from_key_bytes))
+            else {
+                continue;
+            };
+            if self.published.get(&(p, ht, board)).is_some_and(|t| now.duration_since(*t) < self.publish_interval) {
+                continue;
+            }
+            out.push(self.snapshot(state, ht, board, version, false)?);
+            state.delete(k.clone());
+            self.published.insert((p, ht, board), now);
+        }
+        Ok(out)
+    }
+
+    fn on_rewind(&mut self) {
+        self.boards.clear();
+        self.marks.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests;
