@@ -1,0 +1,106 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::score::tests::small_topology;
+use crate::stage::testing::LogicHarness;
+
+fn entry(tier: &str, board: Board, player: &str, points: u64, reached_at: i64) -> Vec<u8> {
+    Candidate::Entry {
+        hunt_id: "winter-2026".into(),
+        tier: tier.into(),
+        board,
+        player_id: player.into(),
+        points,
+        reached_at,
+    }
+    .encode()
+}
+
+fn mark(partition: i32, watermark: i64) -> Vec<u8> {
+    Candidate::Watermark { partition, partitions: 2, watermark }.encode()
+}
+
+fn chest(player: &str, key: &str, window_start: i64) -> Vec<u8> {
+    Candidate::Chest {
+        hunt_id: "winter-2026".into(),
+        tier: "gold".into(),
+        window_start,
+        player_id: player.into(),
+        chest_key: key.into(),
+        event_id: format!("ev-{key}"),
+        reward: 40,
+    }
+    .encode()
+}
+
+fn batches(p: &Processed) -> Vec<PrizeBatch> {
+    p.outputs.iter().filter(|o| o.sink == Sink::Secondary).map(|o| serde_json::from_slice(&o.payload).unwrap()).collect()
+}
+
+fn snapshots(outputs: &[Output]) -> Vec<Snapshot> {
+    outputs.iter().filter(|o| o.sink == Sink::Primary).map(|o| serde_json::from_slice(&o.payload).unwrap()).collect()
+}
+
+#[test]
+fn window_closes_once_when_every_score_partition_passed_end_plus_grace() {
+    let mut h = LogicHarness::new(RankStage::new(&small_topology()).unwrap());
+    let w = Board::Window(0);
+    for (player, points, at) in [("a", 30, 5), ("b", 50, 9), ("c", 30, 4), ("d", 10, 1)] {
+        h.feed(0, b"k", &entry("gold", w, player, points, at));
+    }
+    h.feed(0, b"k", &entry("gold", w, "e", 5, 1));
+    h.feed(0, b"k", &Candidate::Evict { hunt_id: "winter-2026".into(), tier: "gold".into(), board: w, player_id: "e".into() }.encode());
+    h.feed(0, b"k", &chest("a", "chest-1", 0));
+    h.commit();
+    // A restart between commit and close: caches reload from RocksDB.
+    h.abort();
+
+    assert!(batches(&h.feed(0, b"w", &mark(0, 90_000))).is_empty(), "partition 1 has not reported");
+    assert!(batches(&h.feed(0, b"w", &mark(1, 69_000))).is_empty(), "min watermark is below end + grace");
+    let closing = h.feed(0, b"w", &mark(1, 70_000));
+    assert_eq!(closing.outcome, "windows_closed");
+    let b = batches(&closing);
+    assert_eq!(b.len(), 1);
+    let b = &b[0];
+    assert_eq!((b.batch_id.as_str(), b.window_start, b.window_end), ("winter-2026/gold/0", 0, 60_000));
+    let got: Vec<(&str, &str, u64, Option<u32>)> =
+        b.awards.iter().map(|a| (a.kind.as_str(), a.player_id.as_str(), a.amount, a.rank)).collect();
+    // Ties on points go to whoever reached them first (c at 4 before a at 5).
+    assert_eq!(
+        got,
+        vec![("rank", "b", 500, Some(1)), ("rank", "c", 100, Some(2)), ("rank", "a", 100, Some(3)), ("chest", "a", 40, None)]
+    );
+    assert_eq!(b.awards[0].idempotency_key, rank_award_key("winter-2026", "gold", 0, 1, "b"));
+    let finals = snapshots(&closing.outputs);
+    assert_eq!(finals.len(), 1);
+    assert!(finals[0].closed);
+    assert_eq!(finals[0].version, 10);
+
+    assert!(batches(&h.feed(0, b"w", &mark(0, 200_000))).is_empty(), "never twice");
+    assert!(batches(&h.feed(0, b"w", &mark(1, 200_000))).is_empty(), "never twice");
+    let late = h.feed(0, b"k", &entry("gold", w, "z", 99, 1));
+    assert_eq!(late.outcome, "after_close");
+    assert_eq!(late.outputs[0].sink, Sink::DeadLetter);
+    h.commit();
+    assert_eq!(h.committed(0, b"e/"), 0, "closed window state is dropped");
+    assert_eq!(h.committed(0, b"k/"), 0);
+}
+
+#[test]
+fn snapshots_are_paced_per_board_and_versioned_by_input_position() {
+    let mut h = LogicHarness::new(RankStage::new(&small_topology()).unwrap());
+    let t0 = Instant::now();
+    assert!(h.tick(0, t0).is_empty(), "nothing changed yet");
+    h.feed(0, b"k", &entry("gold", Board::Lifetime, "a", 10, 1));
+    let first = snapshots(&h.tick(0, t0));
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].board.as_str(), first[0].version, first[0].entries.len()), ("lifetime", 1, 1));
+    assert!(h.tick(0, t0 + Duration::from_millis(10)).is_empty(), "not dirty");
+    h.feed(0, b"k", &entry("gold", Board::Lifetime, "b", 20, 2));
+    assert!(h.tick(0, t0 + Duration::from_millis(100)).is_empty(), "within the publish interval");
+    let second = snapshots(&h.tick(0, t0 + Duration::from_millis(300)));
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].version, 2);
+    assert_eq!(second[0].entries[0].player_id, "b");
+    assert_eq!(second[0].watermark, None, "no score partition reported yet");
+}

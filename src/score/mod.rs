@@ -297,4 +297,4 @@ impl StageLogic for ScoreStage {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

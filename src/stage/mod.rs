@@ -14,6 +14,8 @@
 //!    their state and skip anything at or below it.
 
 mod restore;
+#[cfg(test)]
+pub(crate) mod testing;
 mod worker;
 
 use std::collections::BTreeMap;
