@@ -20,4 +20,5 @@ pub mod stage;
 pub mod state;
 pub mod telemetry;
 pub mod topology;
+pub mod verify;
 pub mod windowing;

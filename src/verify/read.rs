@@ -1,0 +1,101 @@
+//! Reads whole topics (read_committed) up to their current end.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::VerifyError;
+
+/// One record as read, with its headers.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every record of `topic`, partition by partition in offset order.
+pub fn read_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Result<Vec<Record>, VerifyError> {
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("group.id", "huntflow-verify")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> =
+        md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
+    if partitions.is_empty() {
+        return Err(VerifyError::MissingTopic(topic.into()));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    let mut ends = std::collections::HashMap::new();
+    for &p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+            ends.insert(p, high);
+            remaining += 1;
+        }
+    }
+    let mut out = Vec::new();
+    if remaining == 0 {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    while remaining > 0 {
+        if Instant::now() > deadline {
+            return Err(VerifyError::Timeout(topic.into()));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let p = m.partition();
+                out.push(Record {
+                    partition: p,
+                    offset: m.offset(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+                if ends.get(&p).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&p);
+                    remaining -= 1;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                if ends.remove(&p).is_some() {
+                    remaining -= 1;
+                }
+            }
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PartitionEOF))) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    Ok(out)
+}
