@@ -10,6 +10,7 @@ pub mod event;
 pub mod ingest;
 pub mod kafka;
 pub mod pipeline;
+pub mod query;
 pub mod rank;
 pub mod ranking;
 pub mod run;

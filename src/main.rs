@@ -38,7 +38,20 @@ enum Command {
     Run {
         #[command(flatten)]
         sim: SimArgs,
+        /// Workers per stage inside this process.
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+        /// After the last event, wait for the pipeline to drain and run `verify` (exit 1 on mismatch).
+        #[arg(long)]
+        verify: bool,
+        /// Do not print the live top-10 per tier.
+        #[arg(long)]
+        no_live: bool,
     },
+    /// Serve the leaderboard query API until SIGTERM.
+    Serve,
+    /// Check every output topic against a reference model of the input events; exit 1 on any mismatch.
+    Verify,
     /// Serve the HTTP ingest gateway until SIGTERM.
     Ingest,
     /// Run one stage worker (consumer-group member) until SIGTERM.
@@ -142,6 +155,10 @@ struct SimArgs {
     /// Distinct chest keys (fewer keys, more collisions across shards).
     #[arg(long, default_value_t = 5_000)]
     chest_keys: u64,
+    /// Event-time milliseconds between two events of one shard (sets how
+    /// many 60 s prize windows a run spans).
+    #[arg(long, default_value_t = 20)]
+    event_interval_ms: i64,
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -162,6 +179,7 @@ impl SimArgs {
                 duplicate_ratio: self.duplicates,
                 malformed_ratio: self.malformed,
                 late_ratio: self.late,
+                event_interval_ms: self.event_interval_ms,
                 ..TrafficShape::default()
             },
         }
@@ -197,13 +215,38 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             print!("{}", load()?.describe());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { sim } => {
+        Command::Run { sim, workers, verify, no_live } => {
             let settings = load()?;
-            let opts = huntflow::run::RunOptions { simulate: sim.options() };
+            let opts = huntflow::run::RunOptions {
+                simulate: sim.options(),
+                workers_per_stage: workers.max(1),
+                live: !no_live,
+                verify,
+                ..Default::default()
+            };
             let report = huntflow::run::main_job(settings, opts, huntflow::signals::shutdown_token()).await?;
-            println!("broker {}  ingest http://{}", report.bootstrap, report.ingest_addr);
+            println!(
+                "broker {}  ingest http://{}  query http://{}",
+                report.bootstrap, report.ingest_addr, report.query_addr
+            );
             print!("{report}");
+            Ok(if report.verify.as_ref().is_some_and(|v| !v.passed()) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Serve => {
+            huntflow::run::serve_until(load()?, huntflow::signals::shutdown_token()).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => {
+            let settings = load()?;
+            let topology = Topology::load(&settings.topology)?;
+            let cluster = huntflow::kafka::Cluster::connect(&settings, &topology)?;
+            if cluster.is_embedded() {
+                anyhow::bail!("verify reads an existing pipeline's topics: set --brokers (the embedded broker starts empty)");
+            }
+            let report =
+                huntflow::verify::verify(cluster.client_config(), &topology, std::time::Duration::from_secs(300)).await?;
+            print!("{report}");
+            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Ingest => {
             huntflow::run::ingest_until(load()?, huntflow::signals::shutdown_token()).await?;

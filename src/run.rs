@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Settings, ShardTokens};
 use crate::ingest::{self, IngestState};
 use crate::kafka::{Cluster, EventProducer, KafkaError};
-use crate::pipeline::{self, StageKind};
+use crate::pipeline::{self, Pipeline, StageKind};
+use crate::query::{self, Boards, QueryError};
+use crate::stage::{WorkerMetrics, WorkerReport};
+use crate::verify::{self, VerifyReport};
 use crate::simulate::{self, SimulateOptions, SimulateReport, Target};
 use crate::topology::{Topology, TopologyError};
 
@@ -30,6 +33,10 @@ pub enum RunError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Stage(#[from] crate::stage::StageError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Verify(#[from] verify::VerifyError),
     #[error("no shard tokens configured: set HUNTFLOW_SHARD_TOKENS or shard_tokens_file")]
     NoTokens,
 }
@@ -99,6 +106,26 @@ pub async fn ingest_until(settings: Settings, shutdown: CancellationToken) -> Re
 #[derive(Clone)]
 pub struct RunOptions {
     pub simulate: SimulateOptions,
+    /// Workers per stage inside this process.
+    pub workers_per_stage: u32,
+    /// Print the live top-10 per tier every few seconds.
+    pub live: bool,
+    /// Run `verify` once the pipeline has drained.
+    pub verify: bool,
+    /// Longest wait for the pipeline to drain after the last event.
+    pub drain_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            simulate: SimulateOptions::default(),
+            workers_per_stage: 1,
+            live: false,
+            verify: false,
+            drain_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// What the main job did, with what the topics hold afterwards.
@@ -107,22 +134,147 @@ pub struct RunReport {
     pub simulate: SimulateReport,
     pub bootstrap: String,
     pub ingest_addr: SocketAddr,
-    pub events_in_topic: i64,
-    pub dead_letters_in_topic: i64,
+    pub query_addr: SocketAddr,
+    pub topic_counts: Vec<(String, i64)>,
+    pub workers: Vec<(StageKind, u32, WorkerReport)>,
+    pub leaderboards: Vec<String>,
+    pub verify: Option<VerifyReport>,
 }
 
 impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.simulate)?;
-        writeln!(f, "events topic  {:>10}  records", self.events_in_topic)?;
-        writeln!(f, "dead-letter   {:>10}  records", self.dead_letters_in_topic)
+        for (topic, n) in &self.topic_counts {
+            writeln!(f, "{topic:<24} {n:>10}  records")?;
+        }
+        for (kind, i, r) in &self.workers {
+            writeln!(
+                f,
+                "{}-{i}: {} processed, {} skipped, {} commits, {} aborts, {} restored",
+                kind.name(),
+                r.processed,
+                r.skipped,
+                r.commits,
+                r.aborts,
+                r.restored
+            )?;
+        }
+        writeln!(f, "lifetime top-10 per tier:")?;
+        for line in &self.leaderboards {
+            writeln!(f, "  {line}")?;
+        }
+        if let Some(v) = &self.verify {
+            write!(f, "{v}")?;
+        }
+        Ok(())
     }
 }
 
-/// `huntflow run`: broker (embedded unless configured) + ingest + simulated
-/// shards over HTTP. Stops after `events` or when `shutdown` fires.
+/// Query API: materializer thread + HTTP server.
+pub struct QueryHandle {
+    pub addr: SocketAddr,
+    pub boards: Boards,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), QueryError>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl QueryHandle {
+    pub async fn stop(self) -> Result<(), RunError> {
+        self.stop.cancel();
+        let served = self.task.await.map_err(|e| QueryError::Serve(std::io::Error::other(e.to_string())))?;
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+        Ok(served?)
+    }
+}
+
+/// Starts the query API on `listen` (port 0 picks a free one).
+pub async fn start_query(
+    listen: SocketAddr,
+    cluster: &Cluster,
+    topology: &Topology,
+    registry: Registry,
+) -> Result<QueryHandle, RunError> {
+    let boards = Boards::default();
+    let stop = CancellationToken::new();
+    let topic = topology.spec().topics.leaderboards.name.clone();
+    let thread = query::materialize(&cluster.client_config(), &topic, boards.clone(), stop.clone())?;
+    let listener = TcpListener::bind(listen).await.map_err(|source| RunError::Bind { addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| RunError::Bind { addr: listen, source })?;
+    let shutdown = stop.clone();
+    let task = tokio::spawn(query::serve(listener, topology.clone(), boards.clone(), registry, async move {
+        shutdown.cancelled().await
+    }));
+    Ok(QueryHandle { addr, boards, stop, task, thread })
+}
+
+/// `huntflow serve`: the query API until SIGTERM.
+pub async fn serve_until(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
+    let topology = Topology::load(&settings.topology)?;
+    let cluster = Cluster::connect(&settings, &topology)?;
+    let handle = start_query(settings.query_listen, &cluster, &topology, Registry::new()).await?;
+    tracing::info!(addr = %handle.addr, "query API listening");
+    shutdown.cancelled().await;
+    handle.stop().await
+}
+
+/// Output topics whose growth means the pipeline is still working.
+fn pipeline_topics(topology: &Topology) -> Vec<String> {
+    let t = &topology.spec().topics;
+    [&t.events, &t.accepted, &t.candidates, &t.leaderboards, &t.prizes, &t.dead_letter]
+        .iter()
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+/// Waits until no pipeline topic has grown for `quiet` (longer than a
+/// commit plus a snapshot interval), or `timeout`.
+pub async fn wait_quiet(
+    cluster: &Cluster,
+    topology: &Topology,
+    quiet: Duration,
+    timeout: Duration,
+) -> Result<Vec<(String, i64)>, RunError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = cluster.record_counts(pipeline_topics(topology), Duration::from_secs(10)).await?;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = cluster.record_counts(pipeline_topics(topology), Duration::from_secs(10)).await?;
+        if now != last {
+            last = now;
+            since = tokio::time::Instant::now();
+        } else if since.elapsed() >= quiet || tokio::time::Instant::now() >= deadline {
+            return Ok(last);
+        }
+    }
+}
+
+/// Waits for quiet, verifies, and retries while the pipeline may still be
+/// catching up (a rebalance after a crash pauses it for a session timeout).
+pub async fn drain_and_verify(
+    cluster: &Cluster,
+    topology: &Topology,
+    timeout: Duration,
+) -> Result<VerifyReport, RunError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let quiet = (topology.spec().stages.leaderboard_publish_interval.0 * 4).max(Duration::from_secs(2));
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        wait_quiet(cluster, topology, quiet, left).await?;
+        let report = verify::verify(cluster.client_config(), topology, Duration::from_secs(120)).await?;
+        if report.passed() || tokio::time::Instant::now() >= deadline {
+            return Ok(report);
+        }
+        tracing::info!(problems = report.problems.len(), "verify not yet passing; waiting for the pipeline");
+    }
+}
+
+/// `huntflow run`: broker (embedded unless configured) + ingest + the three
+/// stages + query API + simulated shards over HTTP. Stops after `events`
+/// (then drains) or when `shutdown` fires.
 pub async fn main_job(
-    settings: Settings,
+    mut settings: Settings,
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunReport, RunError> {
@@ -130,28 +282,86 @@ pub async fn main_job(
     let cluster = Cluster::connect(&settings, &topology)?;
     cluster.ensure_topics(&topology, Duration::from_secs(30)).await?;
     let cluster = Arc::new(cluster);
+    // The embedded broker starts empty: so must the state beside it.
+    let scratch = cluster.is_embedded().then(|| {
+        let dir = settings.state_dir.join(format!("run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    });
+    if let Some(dir) = &scratch {
+        settings.state_dir = dir.clone();
+    }
+    let registry = Registry::new();
+    let pipeline = Pipeline::start(&settings, &cluster, &topology, opts.workers_per_stage, WorkerMetrics::new(&registry));
+    let query = start_query(settings.query_listen, &cluster, &topology, registry).await?;
     let (tokens, pairs) = ShardTokens::generate(opts.simulate.shards);
     let ingest_stop = CancellationToken::new();
     let ingest = start_ingest(&settings, &topology, cluster.clone(), tokens, ingest_stop.clone()).await?;
-    tracing::info!(bootstrap = cluster.bootstrap(), ingest = %ingest.addr, "main job started");
+    tracing::info!(bootstrap = cluster.bootstrap(), ingest = %ingest.addr, query = %query.addr, "main job started");
+
+    let live_stop = CancellationToken::new();
+    let live = opts.live.then(|| {
+        let (boards, topology, stop) = (query.boards.clone(), topology.clone(), live_stop.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => {
+                        let lines = query::top_lines(&topology, &boards, 10);
+                        if !lines.is_empty() {
+                            eprintln!("\nlive top-10 (lifetime):\n  {}", lines.join("\n  "));
+                        }
+                    }
+                }
+            }
+        })
+    });
 
     let target = Target::Http { base_url: format!("http://{}", ingest.addr), tokens: pairs };
     let result = simulate::run(&topology, target, opts.simulate.clone(), shutdown.clone()).await;
     ingest_stop.cancel();
-    let addr = ingest.addr;
-    let bootstrap = cluster.bootstrap().to_owned();
+    let ingest_addr = ingest.addr;
     ingest.join().await?;
-    let report = result?;
-    let topics = &topology.spec().topics;
-    let counts = cluster
-        .record_counts(vec![topics.events.name.clone(), topics.dead_letter.name.clone()], Duration::from_secs(10))
-        .await?;
+    let simulate = result?;
+
+    let mut verify_report = None;
+    if !shutdown.is_cancelled() {
+        let drain = async {
+            if opts.verify {
+                verify_report = Some(drain_and_verify(&cluster, &topology, opts.drain_timeout).await?);
+            } else {
+                let quiet = (topology.spec().stages.leaderboard_publish_interval.0 * 4).max(Duration::from_secs(2));
+                wait_quiet(&cluster, &topology, quiet, opts.drain_timeout).await?;
+            }
+            Ok::<(), RunError>(())
+        };
+        tokio::select! {
+            r = drain => r?,
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    live_stop.cancel();
+    if let Some(task) = live {
+        let _ = task.await;
+    }
+    let leaderboards = query::top_lines(&topology, &query.boards, 10);
+    let query_addr = query.addr;
+    query.stop().await?;
+    let workers = pipeline.stop().await?;
+    let topic_counts = cluster.record_counts(pipeline_topics(&topology), Duration::from_secs(10)).await?;
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(RunReport {
-        simulate: report,
-        bootstrap,
-        ingest_addr: addr,
-        events_in_topic: counts[0].1,
-        dead_letters_in_topic: counts[1].1,
+        simulate,
+        bootstrap: cluster.bootstrap().to_owned(),
+        ingest_addr,
+        query_addr,
+        topic_counts,
+        workers,
+        leaderboards,
+        verify: verify_report,
     })
 }
 

@@ -47,6 +47,16 @@ pub struct SettingsFile {
     pub ingest: IngestFile,
     /// File with shard tokens, one `shard_id=token` per line.
     pub shard_tokens_file: Option<PathBuf>,
+    /// Leaderboard query API settings.
+    #[serde(default)]
+    pub query: QueryFile,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryFile {
+    /// Address the leaderboard query API binds, e.g. `0.0.0.0:8081`.
+    pub listen: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -82,6 +92,8 @@ pub struct Settings {
     pub topology: PathBuf,
     pub state_dir: PathBuf,
     pub ingest: IngestSettings,
+    /// Where `serve` (and `run`) answer leaderboard queries.
+    pub query_listen: SocketAddr,
     pub shard_tokens: ShardTokens,
 }
 
@@ -108,6 +120,7 @@ impl Default for Settings {
                 queue_timeout: Duration::from_secs(2),
                 delivery_timeout: Duration::from_secs(30),
             },
+            query_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             shard_tokens: ShardTokens::default(),
         }
     }
@@ -142,6 +155,7 @@ impl Settings {
         }
         s.kafka = parsed.kafka;
         let mut listen = parsed.ingest.listen;
+        let mut query_listen = parsed.query.listen;
         s.brokers = parsed.brokers;
         if let Some(v) = parsed.topology {
             s.topology = v;
@@ -177,6 +191,9 @@ impl Settings {
         if let Some(v) = get("HUNTFLOW_INGEST_LISTEN") {
             listen = Some(v);
         }
+        if let Some(v) = get("HUNTFLOW_QUERY_LISTEN") {
+            query_listen = Some(v);
+        }
         if let Some(v) = get("HUNTFLOW_SHARD_TOKENS_FILE") {
             tokens_file = Some(v.into());
         }
@@ -205,6 +222,12 @@ impl Settings {
             match text.parse() {
                 Ok(addr) => s.ingest.listen = addr,
                 Err(_) => problems.push(format!("ingest.listen: `{text}` is not an address like 127.0.0.1:8080")),
+            }
+        }
+        if let Some(text) = query_listen {
+            match text.parse() {
+                Ok(addr) => s.query_listen = addr,
+                Err(_) => problems.push(format!("query.listen: `{text}` is not an address like 127.0.0.1:8081")),
             }
         }
         if s.ingest.max_body_bytes < 1024 {
@@ -256,12 +279,13 @@ impl Settings {
             })
             .collect();
         format!(
-            "brokers: {}\nkafka: {:?}\ntopology: {}\nstate_dir: {}\ningest: {:?}\nshard_tokens: {} shard(s) <redacted>\n",
+            "brokers: {}\nkafka: {:?}\ntopology: {}\nstate_dir: {}\ningest: {:?}\nquery.listen: {}\nshard_tokens: {} shard(s) <redacted>\n",
             self.brokers.as_deref().unwrap_or("<embedded mock cluster>"),
             kafka,
             self.topology.display(),
             self.state_dir.display(),
             self.ingest,
+            self.query_listen,
             self.shard_tokens.len(),
         )
     }

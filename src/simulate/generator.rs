@@ -42,7 +42,7 @@ impl Default for TrafficShape {
             malformed_ratio: 0.01,
             late_ratio: 0.01,
             start_time_ms: 1_767_225_600_000,
-            event_interval_ms: 2,
+            event_interval_ms: 20,
             lateness_ms: 120_000,
         }
     }

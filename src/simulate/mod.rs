@@ -49,6 +49,12 @@ pub struct SimulateOptions {
     pub progress: bool,
 }
 
+impl Default for SimulateOptions {
+    fn default() -> Self {
+        Self { shards: 8, events: Some(20_000), batch_size: 500, rate: None, shape: TrafficShape::default(), progress: false }
+    }
+}
+
 /// Final accounting. `posted == accepted + rejected` when nothing failed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SimulateReport {
