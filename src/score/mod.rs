@@ -4,7 +4,13 @@
 //! broadcast to every rank partition; late events to the dead-letter topic.
 //!
 //! State keys (per input partition):
-//! - `\0wm` -> highest event time accepted (i64 BE): the partition watermark;
+//! - `u/<claim partition u32>` -> highest event time received from that
+//!   claim partition (known from the record's lineage);
+//! - `\0wm` -> the partition watermark: the minimum of `u/` once every events
+//!   partition has been heard from (never decreasing). A minimum and not the
+//!   highest time seen, because this partition's input merges 32 claim
+//!   partitions that a claim worker consumes in bursts: one claim partition
+//!   running ahead must not make the others' events late;
 //! - `w/<board 8><hunt u16><tier u16><player>` -> window sum;
 //! - `l/<hunt u16><tier u16><player>` -> lifetime sum;
 //!   sums are `points u64 BE ++ reached_at i64 BE`, where `reached_at` is the
@@ -16,11 +22,13 @@
 //! window's end + grace (tombstones go to the changelog too).
 //!
 //! Events with 0 points change no board. Late means: the event's window had
-//! already closed for this partition (watermark >= end + grace).
+//! already closed for this partition (watermark >= end + grace). Records
+//! without lineage (not written by huntflow's claim stage) count as claim
+//! partition 0.
 
 pub mod candidate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::event::{self, EventKind, GameEvent};
 use crate::kafka::HEADER_SCHEMA;
@@ -43,9 +51,12 @@ pub struct ScoreStage {
     top_n: usize,
     rank_partitions: i32,
     partitions: i32,
+    upstream_partitions: usize,
     /// Cache of `t/` keys; written back in `before_commit`.
     boards: HashMap<(i32, [u8; 4], Board), CachedTop>,
     watermarks: HashMap<i32, i64>,
+    /// Cache of `u/` keys per partition.
+    upstreams: HashMap<i32, BTreeMap<i32, i64>>,
 }
 
 struct CachedTop {
@@ -80,8 +91,10 @@ impl ScoreStage {
             top_n: spec.stages.top_n as usize,
             rank_partitions: spec.topics.candidates.partitions,
             partitions: spec.topics.accepted.partitions,
+            upstream_partitions: spec.topics.events.partitions.max(1) as usize,
             boards: HashMap::new(),
             watermarks: HashMap::new(),
+            upstreams: HashMap::new(),
         })
     }
 
@@ -98,6 +111,29 @@ impl ScoreStage {
         let w = w.unwrap_or(i64::MIN);
         self.watermarks.insert(p, w);
         Ok(w)
+    }
+
+    /// Records `time` from claim partition `upstream`; returns the new
+    /// minimum over all claim partitions, once all were heard from.
+    fn observe_upstream(&mut self, state: &mut PartitionState<'_>, upstream: i32, time: i64) -> Result<i64, StageError> {
+        let p = state.partition();
+        if !self.upstreams.contains_key(&p) {
+            let mut m = BTreeMap::new();
+            for (k, v) in state.scan(b"u/")? {
+                if let (Some(up), Some(t)) = (k.get(2..6), v.get(..8)) {
+                    let up = i32::from_be_bytes(up.try_into().unwrap_or_default());
+                    m.insert(up, i64::from_be_bytes(t.try_into().unwrap_or_default()));
+                }
+            }
+            self.upstreams.insert(p, m);
+        }
+        let Some(m) = self.upstreams.get_mut(&p) else { return Ok(i64::MIN) };
+        let t = m.entry(upstream).or_insert(i64::MIN);
+        if time > *t {
+            *t = time;
+            state.put([b"u/".as_slice(), &upstream.to_be_bytes()].concat(), time.to_be_bytes().to_vec());
+        }
+        Ok(if m.len() >= self.upstream_partitions { m.values().copied().min().unwrap_or(i64::MIN) } else { i64::MIN })
     }
 
     /// Adds the event to one board's sum and offers the new standing to the
@@ -230,7 +266,8 @@ impl StageLogic for ScoreStage {
             });
         }
 
-        let new_wm = wm.max(e.event_time);
+        let upstream = input.upstream.map_or(0, |(_, l)| l.partition);
+        let new_wm = wm.max(self.observe_upstream(state, upstream, e.event_time)?);
         if new_wm != wm {
             state.put(WM_KEY.to_vec(), new_wm.to_be_bytes().to_vec());
             self.watermarks.insert(p, new_wm);
@@ -293,6 +330,7 @@ impl StageLogic for ScoreStage {
     fn on_rewind(&mut self) {
         self.boards.clear();
         self.watermarks.clear();
+        self.upstreams.clear();
     }
 }
 

@@ -9,6 +9,7 @@ use crate::topology::{RankRewardSpec, Topology};
 
 pub(crate) fn small_topology() -> Topology {
     let mut spec = Topology::parse(include_str!("../../topology/treasure-hunt.yaml")).expect("shipped").spec().clone();
+    spec.topics.events.partitions = 1;
     spec.topics.accepted.partitions = 2;
     spec.topics.candidates.partitions = 3;
     spec.stages.top_n = 3;
@@ -72,6 +73,24 @@ fn watermark_is_broadcast_to_every_rank_partition_once_per_second() {
     assert!(candidates(&p).contains(&Candidate::Watermark { partition: 1, partitions: 2, watermark: 2_000 }));
     // Older events never move it back.
     assert_eq!(marks(&h.feed(1, b"p", &event(4, 1, "gold", 1, 500, false))), 0);
+}
+
+#[test]
+fn watermark_is_the_slowest_claim_partition_so_a_burst_from_one_makes_nothing_late() {
+    let topology = {
+        let mut spec = small_topology().spec().clone();
+        spec.topics.events.partitions = 2;
+        Topology::from_spec(spec).unwrap()
+    };
+    let mut h = LogicHarness::new(ScoreStage::new(&topology).unwrap());
+    // Claim partition 0 runs far ahead: no watermark until partition 1 reports.
+    h.feed_from(0, Some(0), b"p", &event(1, 1, "gold", 10, 500_000, false));
+    assert_eq!(h.feed_from(0, Some(1), b"p", &event(2, 1, "gold", 10, 1_000, false)).outcome, "scored");
+    // Now the watermark is min(500 s, 1 s): an event at 2 s is still on time.
+    assert_eq!(h.feed_from(0, Some(1), b"p", &event(3, 1, "gold", 10, 2_000, false)).outcome, "scored");
+    h.feed_from(0, Some(1), b"p", &event(4, 1, "gold", 10, 100_000, false));
+    // Both partitions passed 70 s: window [0, 60 s) is closed.
+    assert_eq!(h.feed_from(0, Some(1), b"p", &event(5, 1, "gold", 10, 3_000, false)).outcome, "late");
 }
 
 #[test]

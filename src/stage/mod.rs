@@ -86,6 +86,8 @@ pub struct Input<'a> {
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
+    /// Upstream stage and lineage, when the record was written by a stage.
+    pub upstream: Option<(&'a str, Lineage)>,
 }
 
 /// Which topic an output goes to.

@@ -23,10 +23,16 @@ impl<L: StageLogic> LogicHarness<L> {
     }
 
     pub fn feed(&mut self, partition: i32, key: &[u8], payload: &[u8]) -> Processed {
+        self.feed_from(partition, None, key, payload)
+    }
+
+    /// As `feed`, for a record written by an upstream stage's partition.
+    pub fn feed_from(&mut self, partition: i32, upstream: Option<i32>, key: &[u8], payload: &[u8]) -> Processed {
         let offset = *self.next.entry(partition).or_insert(0);
         let pending = self.pending.entry(partition).or_default();
         let mut state = PartitionState { store: &self.store, partition, pending };
-        let input = Input { partition, offset, key: Some(key), payload };
+        let lineage = upstream.map(|p| ("claim", super::Lineage { partition: p, offset, index: 0 }));
+        let input = Input { partition, offset, key: Some(key), payload, upstream: lineage };
         let processed = self.logic.process(&mut state, &input).expect("process");
         state.put(POSITION_KEY.to_vec(), (offset + 1).to_be_bytes().to_vec());
         self.next.insert(partition, offset + 1);

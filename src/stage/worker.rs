@@ -294,7 +294,13 @@ impl<L: StageLogic> Engine<L> {
         let processed = if replay {
             None
         } else {
-            let input = Input { partition: p, offset, key: msg.key(), payload: msg.payload().unwrap_or_default() };
+            let input = Input {
+                partition: p,
+                offset,
+                key: msg.key(),
+                payload: msg.payload().unwrap_or_default(),
+                upstream: upstream.as_ref().map(|(s, l)| (s.as_str(), *l)),
+            };
             Some(self.logic.process(&mut state, &input)?)
         };
         state.put(POSITION_KEY.to_vec(), (offset + 1).to_be_bytes().to_vec());

@@ -144,14 +144,20 @@ pub fn check(
     let accepted = logical(accepted);
     r.accepted_logical = accepted.len();
     let partitions = topology.spec().topics.accepted.partitions.max(1) as usize;
-    let mut score_input: Vec<Vec<RefEvent>> = vec![Vec::new(); partitions];
+    let mut score_input: Vec<Vec<(i32, RefEvent)>> = vec![Vec::new(); partitions];
     let mut got: HashMap<String, usize> = HashMap::new();
     for rec in &accepted {
         match reference::parse_event(&rec.payload, topology) {
             Some(e) => {
                 *got.entry(e.event_id.clone()).or_default() += 1;
+                // `claim:<partition>:<offset>:<index>`
+                let upstream = rec
+                    .header(LINEAGE)
+                    .and_then(|l| l.split(':').nth(1))
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
                 if let Some(list) = score_input.get_mut(rec.partition as usize) {
-                    list.push(e);
+                    list.push((upstream, e));
                 }
             }
             None => r.problems.push(format!("accepted record at {}:{} is not a valid event", rec.partition, rec.offset)),

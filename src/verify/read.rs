@@ -3,9 +3,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::VerifyError;
@@ -33,7 +31,6 @@ pub fn read_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Resu
         .set("group.id", "huntflow-verify")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -86,14 +83,26 @@ pub fn read_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Resu
                     remaining -= 1;
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                if ends.remove(&p).is_some() {
+            Some(Err(e)) => return Err(e.into()),
+            // Idle: the tail may be a transaction marker, which is never
+            // delivered but moves the position to the end.
+            None => {
+                let done: Vec<i32> = {
+                    let positions = consumer.position()?;
+                    ends.iter()
+                        .filter(|(p, end)| {
+                            positions
+                                .find_partition(topic, **p)
+                                .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= **end))
+                        })
+                        .map(|(p, _)| *p)
+                        .collect()
+                };
+                for p in done {
+                    ends.remove(&p);
                     remaining -= 1;
                 }
             }
-            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PartitionEOF))) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
         }
     }
     out.sort_by_key(|r| (r.partition, r.offset));

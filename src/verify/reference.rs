@@ -112,8 +112,11 @@ pub struct ScoreOutcome {
     pub watermark: Option<i64>,
 }
 
-/// The score stage's contract: `partitions[p]` is accepted partition p in log order.
-pub fn score(partitions: &[Vec<RefEvent>], topology: &Topology, step_ms: i64) -> ScoreOutcome {
+/// The score stage's contract: `partitions[p]` is accepted partition p in
+/// log order, each event with the events partition it was claimed from. A
+/// partition's watermark is the minimum over events partitions of the
+/// latest time seen from each, once all have been seen.
+pub fn score(partitions: &[Vec<(i32, RefEvent)>], topology: &Topology, step_ms: i64) -> ScoreOutcome {
     let spec = topology.spec();
     let size = spec.windows.prize.size.as_millis() as i64;
     let grace = spec.windows.prize.grace.as_millis() as i64;
@@ -121,15 +124,21 @@ pub fn score(partitions: &[Vec<RefEvent>], topology: &Topology, step_ms: i64) ->
     let mut out = ScoreOutcome::default();
     let mut sums: HashMap<BoardKey, HashMap<String, (u64, i64)>> = HashMap::new();
     let mut marks = Vec::new();
+    let upstreams = spec.topics.events.partitions.max(1) as usize;
     for events in partitions {
         let mut wm = i64::MIN;
-        for e in events {
+        let mut latest: HashMap<i32, i64> = HashMap::new();
+        for (upstream, e) in events {
             let start = start_of(e.time);
             if wm != i64::MIN && start + size + grace <= wm {
                 out.late += 1;
                 continue;
             }
-            wm = wm.max(e.time);
+            let t = latest.entry(*upstream).or_insert(e.time);
+            *t = (*t).max(e.time);
+            if latest.len() >= upstreams {
+                wm = wm.max(latest.values().copied().min().unwrap_or(i64::MIN));
+            }
             if e.points > 0 {
                 let mut boards = vec![Some(start)];
                 if spec.windows.lifetime_board {
