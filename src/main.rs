@@ -125,6 +125,12 @@ enum BenchWhich {
         #[arg(long, default_value_t = 200_000)]
         events: u64,
     },
+    /// Events/s through claim -> score -> rank next to a raw consume->produce
+    /// passthrough, then leaderboard query latency at 10k req/s.
+    Pipeline {
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -153,7 +159,7 @@ struct SimArgs {
     #[arg(long, default_value_t = 0.01)]
     late: f64,
     /// Distinct chest keys (fewer keys, more collisions across shards).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 20_000)]
     chest_keys: u64,
     /// Event-time milliseconds between two events of one shard (sets how
     /// many 60 s prize windows a run spans).
@@ -257,8 +263,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let report =
                 huntflow::run::stage_worker(load()?, kind, instance, huntflow::signals::shutdown_token()).await?;
             println!(
-                "{stage} worker {instance} stopped: {} processed, {} skipped, {} commits, {} aborts, {} records restored",
-                report.processed, report.skipped, report.commits, report.aborts, report.restored
+                "{stage} worker {instance} stopped: {} processed, {} skipped, {} commits, {} aborts, {} records restored, {} already local",
+                report.processed, report.skipped, report.commits, report.aborts, report.restored, report.already_local
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -320,6 +326,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Bench { which: BenchWhich::Pipeline { events } } => {
+            let report = huntflow::bench::pipeline(&load()?, events).await?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which: BenchWhich::Ingest { events } } => {
             let settings = load()?;

@@ -54,9 +54,13 @@ async fn broker_command_serves_other_processes_on_fixed_ports() {
 }
 
 #[test]
-fn run_stops_by_itself_and_accounts_for_every_event() {
+fn run_stops_by_itself_accounts_for_every_event_and_verifies() {
+    let state = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_huntflow"))
-        .args(["run", "--events", "5000", "--no-progress", "--listen", "127.0.0.1:0"])
+        .args(["run", "--events", "5000", "--no-progress", "--no-live", "--verify", "--listen", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("HUNTFLOW_QUERY_LISTEN", "127.0.0.1:0")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -68,8 +72,9 @@ fn run_stops_by_itself_and_accounts_for_every_event() {
     };
     assert_eq!(number("posted"), 5000);
     assert_eq!(number("accepted") + number("dead-lettered"), 5000);
-    assert_eq!(number("events topic"), number("accepted"));
-    assert_eq!(number("dead-letter "), number("dead-lettered"));
+    assert_eq!(number("hunt.events"), number("accepted"));
+    assert!(stdout.contains("verify: PASSED"), "{stdout}");
+    assert!(stdout.contains("lifetime top-10 per tier:"), "{stdout}");
 }
 
 #[test]

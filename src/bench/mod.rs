@@ -2,6 +2,10 @@
 //! baseline in the same run, so ratios stay meaningful on a noisy machine.
 //! Nothing here asserts a threshold.
 
+mod pipeline;
+
+pub use pipeline::{pipeline, PipelineBench};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -50,6 +50,19 @@ pub struct SettingsFile {
     /// Leaderboard query API settings.
     #[serde(default)]
     pub query: QueryFile,
+    /// Stage worker settings.
+    #[serde(default)]
+    pub worker: WorkerFile,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFile {
+    /// Consumer-group session timeout in ms: how long a crashed worker's
+    /// partitions wait before they move to the others.
+    pub session_timeout_ms: Option<u64>,
+    /// Kafka transaction timeout in ms; also bounds a commit that hangs.
+    pub transaction_timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -94,6 +107,8 @@ pub struct Settings {
     pub ingest: IngestSettings,
     /// Where `serve` (and `run`) answer leaderboard queries.
     pub query_listen: SocketAddr,
+    pub worker_session_timeout: Duration,
+    pub worker_transaction_timeout: Duration,
     pub shard_tokens: ShardTokens,
 }
 
@@ -121,6 +136,8 @@ impl Default for Settings {
                 delivery_timeout: Duration::from_secs(30),
             },
             query_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            worker_session_timeout: Duration::from_secs(10),
+            worker_transaction_timeout: Duration::from_secs(30),
             shard_tokens: ShardTokens::default(),
         }
     }
@@ -176,6 +193,8 @@ impl Settings {
             s.ingest.delivery_timeout = Duration::from_millis(v);
         }
         let mut tokens_file = parsed.shard_tokens_file;
+        let mut session_ms = parsed.worker.session_timeout_ms;
+        let txn_ms = parsed.worker.transaction_timeout_ms;
 
         // Environment.
         let get = |k: &str| env.get(k).cloned();
@@ -190,6 +209,12 @@ impl Settings {
         }
         if let Some(v) = get("HUNTFLOW_INGEST_LISTEN") {
             listen = Some(v);
+        }
+        if let Some(v) = get("HUNTFLOW_WORKER_SESSION_TIMEOUT_MS") {
+            match v.parse() {
+                Ok(ms) => session_ms = Some(ms),
+                Err(_) => problems.push(format!("HUNTFLOW_WORKER_SESSION_TIMEOUT_MS: `{v}` is not a number of ms")),
+            }
         }
         if let Some(v) = get("HUNTFLOW_QUERY_LISTEN") {
             query_listen = Some(v);
@@ -229,6 +254,20 @@ impl Settings {
                 Ok(addr) => s.query_listen = addr,
                 Err(_) => problems.push(format!("query.listen: `{text}` is not an address like 127.0.0.1:8081")),
             }
+        }
+        match session_ms {
+            Some(ms) if !(1_000..=300_000).contains(&ms) => {
+                problems.push(format!("worker.session_timeout_ms: {ms} is outside 1000..=300000"))
+            }
+            Some(ms) => s.worker_session_timeout = Duration::from_millis(ms),
+            None => {}
+        }
+        match txn_ms {
+            Some(ms) if !(1_000..=900_000).contains(&ms) => {
+                problems.push(format!("worker.transaction_timeout_ms: {ms} is outside 1000..=900000"))
+            }
+            Some(ms) => s.worker_transaction_timeout = Duration::from_millis(ms),
+            None => {}
         }
         if s.ingest.max_body_bytes < 1024 {
             problems.push("ingest.max_body_bytes: must be at least 1024".into());

@@ -2,8 +2,6 @@
 //! deterministic `transactional.id`, its state directory, and running
 //! several workers in one process (`huntflow run`).
 
-use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 
 use crate::claim::ClaimStage;
@@ -67,8 +65,8 @@ pub fn worker_config(
         topology_hash: topology.hash().to_owned(),
         state_dir: settings.state_dir.join(format!("{stage}-{instance}")),
         commit_interval: spec.stages.commit_interval.0,
-        transaction_timeout: Duration::from_secs(30),
-        session_timeout: Duration::from_secs(10),
+        transaction_timeout: settings.worker_transaction_timeout,
+        session_timeout: settings.worker_session_timeout,
     }
 }
 

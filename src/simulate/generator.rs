@@ -37,7 +37,7 @@ impl Default for TrafficShape {
             seed: 42,
             players: 10_000,
             zipf_exponent: 1.1,
-            chest_keys: 5_000,
+            chest_keys: 20_000,
             duplicate_ratio: 0.05,
             malformed_ratio: 0.01,
             late_ratio: 0.01,

@@ -16,8 +16,15 @@ use crate::state::{StateStore, Write};
 
 const BATCH: usize = 10_000;
 
-/// Returns the number of changelog records applied.
-pub fn restore_partition(cfg: &WorkerConfig, store: &StateStore, partition: i32) -> Result<u64, StageError> {
+/// What a restore did: records applied, and records it did not need to read
+/// because the local store already reflected them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Restored {
+    pub applied: u64,
+    pub already_local: u64,
+}
+
+pub fn restore_partition(cfg: &WorkerConfig, store: &StateStore, partition: i32) -> Result<Restored, StageError> {
     let mut from = store.changelog_next(partition)?;
     let consumer: BaseConsumer = cfg
         .client
@@ -35,9 +42,16 @@ pub fn restore_partition(cfg: &WorkerConfig, store: &StateStore, partition: i32)
         store.wipe_partition(partition)?;
         from = 0;
     }
+    if from > 0 && from < low {
+        // Records this store never saw were deleted from the changelog
+        // (retention instead of compaction, or a broker that caps partition
+        // size like the embedded one): the restored state may miss keys.
+        tracing::error!(topic = %cfg.changelog_topic, partition, local = from, low, "changelog lost records this store needs; check cleanup.policy=compact");
+    }
     let start = from.max(low);
+    let already_local = (start - low).max(0) as u64;
     if start >= high {
-        return Ok(0);
+        return Ok(Restored { applied: 0, already_local });
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&cfg.changelog_topic, partition, Offset::Offset(start))?;
@@ -73,5 +87,5 @@ pub fn restore_partition(cfg: &WorkerConfig, store: &StateStore, partition: i32)
     }
     applied += batch.len() as u64;
     store.apply(partition, &batch, Some(next.max(start)))?;
-    Ok(applied)
+    Ok(Restored { applied, already_local })
 }
