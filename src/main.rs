@@ -247,10 +247,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let topology = Topology::load(&settings.topology)?;
             let cluster = huntflow::kafka::Cluster::connect(&settings, &topology)?;
             if cluster.is_embedded() {
-                anyhow::bail!("verify reads an existing pipeline's topics: set --brokers (the embedded broker starts empty)");
+                anyhow::bail!(
+                    "verify reads an existing pipeline's topics: set --brokers (the embedded broker starts empty)"
+                );
             }
             let report =
-                huntflow::verify::verify(cluster.client_config(), &topology, std::time::Duration::from_secs(300)).await?;
+                huntflow::verify::verify(cluster.client_config(), &topology, std::time::Duration::from_secs(300))
+                    .await?;
             print!("{report}");
             Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

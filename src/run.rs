@@ -14,10 +14,10 @@ use crate::ingest::{self, IngestState};
 use crate::kafka::{Cluster, EventProducer, KafkaError};
 use crate::pipeline::{self, Pipeline, StageKind};
 use crate::query::{self, Boards, QueryError};
-use crate::stage::{WorkerMetrics, WorkerReport};
-use crate::verify::{self, VerifyReport};
 use crate::simulate::{self, SimulateOptions, SimulateReport, Target};
+use crate::stage::{WorkerMetrics, WorkerReport};
 use crate::topology::{Topology, TopologyError};
+use crate::verify::{self, VerifyReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -292,7 +292,8 @@ pub async fn main_job(
         settings.state_dir = dir.clone();
     }
     let registry = Registry::new();
-    let pipeline = Pipeline::start(&settings, &cluster, &topology, opts.workers_per_stage, WorkerMetrics::new(&registry));
+    let pipeline =
+        Pipeline::start(&settings, &cluster, &topology, opts.workers_per_stage, WorkerMetrics::new(&registry));
     let query = start_query(settings.query_listen, &cluster, &topology, registry).await?;
     let (tokens, pairs) = ShardTokens::generate(opts.simulate.shards);
     let ingest_stop = CancellationToken::new();
@@ -377,6 +378,18 @@ pub async fn stage_worker(
     let cluster = Cluster::connect(&settings, &topology)?;
     let registry = Registry::new();
     let metrics = crate::stage::WorkerMetrics::new(&registry);
+    let addr = settings.worker_metrics_listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/metrics", axum::routing::get(move || async move { crate::telemetry::render(&registry) }));
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+    });
     let cfg = pipeline::worker_config(kind, &settings, &cluster, &topology, instance);
-    Ok(pipeline::run_stage(kind, cfg, &topology, metrics, shutdown).await?)
+    let result = pipeline::run_stage(kind, cfg, &topology, metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    Ok(result?)
 }

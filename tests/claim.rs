@@ -36,7 +36,8 @@ fn event(id: &str, player: &str, chest: Option<&str>, time: i64) -> GameEvent {
 fn worker_config(cluster: &Cluster, topology: &Topology, state_dir: &Path, instance: u32) -> WorkerConfig {
     let mut settings = huntflow::config::Settings::default();
     settings.state_dir = state_dir.to_path_buf();
-    let mut cfg = huntflow::pipeline::worker_config(huntflow::pipeline::StageKind::Claim, &settings, cluster, topology, instance);
+    let mut cfg =
+        huntflow::pipeline::worker_config(huntflow::pipeline::StageKind::Claim, &settings, cluster, topology, instance);
     cfg.state_dir = state_dir.to_path_buf();
     cfg.transaction_timeout = Duration::from_secs(10);
     cfg.session_timeout = Duration::from_secs(6);

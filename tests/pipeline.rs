@@ -81,7 +81,8 @@ async fn query_api_answers_from_published_snapshots_and_names_unknown_hunts_and_
     assert_eq!(entries[0]["rank"], 1);
     assert!(entries[0]["points"].as_u64() >= entries[4]["points"].as_u64());
     assert!(body["version"].as_i64().unwrap() > 0);
-    assert!(body["watermark"].as_i64().is_some(), "{body}");
+    // Null until every score partition has reported a watermark.
+    assert!(body.get("watermark").is_some(), "{body}");
 
     let (status, body) = get(format!("{base}/nope/tiers/gold/leaderboard")).await;
     assert_eq!(status, 404);

@@ -65,11 +65,8 @@ fn stage_totals(registry: &Registry) -> [f64; 3] {
 }
 
 fn passthrough(client: ClientConfig, from: &str, to: &str, events: u64) -> Result<f64, KafkaError> {
-    let consumer: BaseConsumer = client
-        .clone()
-        .set("group.id", "huntflow-bench-passthrough")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer: BaseConsumer =
+        client.clone().set("group.id", "huntflow-bench-passthrough").set("enable.auto.commit", "false").create()?;
     let md = consumer.fetch_metadata(Some(from), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for p in md.topics().iter().flat_map(|t| t.partitions()) {
@@ -82,7 +79,8 @@ fn passthrough(client: ClientConfig, from: &str, to: &str, events: u64) -> Resul
     let mut copied = 0u64;
     while copied < events && started.elapsed() < Duration::from_secs(600) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let mut record = BaseRecord::to(to).payload(m.payload().unwrap_or_default()).key(m.key().unwrap_or_default());
+            let mut record =
+                BaseRecord::to(to).payload(m.payload().unwrap_or_default()).key(m.key().unwrap_or_default());
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -151,7 +149,12 @@ pub async fn pipeline(settings: &Settings, events: u64) -> Result<PipelineBench,
     query.stop().await?;
     workers.stop().await?;
     let _ = std::fs::remove_dir_all(state);
-    let pct = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
     Ok(PipelineBench {
         events,
         passthrough_eps: pass,

@@ -63,6 +63,8 @@ pub struct WorkerFile {
     pub session_timeout_ms: Option<u64>,
     /// Kafka transaction timeout in ms; also bounds a commit that hangs.
     pub transaction_timeout_ms: Option<u64>,
+    /// Where a `huntflow worker` serves `/metrics` and `/healthz`.
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -109,6 +111,7 @@ pub struct Settings {
     pub query_listen: SocketAddr,
     pub worker_session_timeout: Duration,
     pub worker_transaction_timeout: Duration,
+    pub worker_metrics_listen: SocketAddr,
     pub shard_tokens: ShardTokens,
 }
 
@@ -138,6 +141,7 @@ impl Default for Settings {
             query_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             worker_session_timeout: Duration::from_secs(10),
             worker_transaction_timeout: Duration::from_secs(30),
+            worker_metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             shard_tokens: ShardTokens::default(),
         }
     }
@@ -195,6 +199,7 @@ impl Settings {
         let mut tokens_file = parsed.shard_tokens_file;
         let mut session_ms = parsed.worker.session_timeout_ms;
         let txn_ms = parsed.worker.transaction_timeout_ms;
+        let mut metrics_listen = parsed.worker.metrics_listen;
 
         // Environment.
         let get = |k: &str| env.get(k).cloned();
@@ -215,6 +220,9 @@ impl Settings {
                 Ok(ms) => session_ms = Some(ms),
                 Err(_) => problems.push(format!("HUNTFLOW_WORKER_SESSION_TIMEOUT_MS: `{v}` is not a number of ms")),
             }
+        }
+        if let Some(v) = get("HUNTFLOW_METRICS_LISTEN") {
+            metrics_listen = Some(v);
         }
         if let Some(v) = get("HUNTFLOW_QUERY_LISTEN") {
             query_listen = Some(v);
@@ -253,6 +261,12 @@ impl Settings {
             match text.parse() {
                 Ok(addr) => s.query_listen = addr,
                 Err(_) => problems.push(format!("query.listen: `{text}` is not an address like 127.0.0.1:8081")),
+            }
+        }
+        if let Some(text) = metrics_listen {
+            match text.parse() {
+                Ok(addr) => s.worker_metrics_listen = addr,
+                Err(_) => problems.push(format!("worker.metrics_listen: `{text}` is not an address like 0.0.0.0:9464")),
             }
         }
         match session_ms {

@@ -355,7 +355,10 @@ impl RankStage {
 
 fn unknown(input: &Input<'_>, hunt: &str, tier: &str) -> Result<Processed, StageError> {
     let reason = format!("hunt {hunt} has no tier {tier} in this topology");
-    Ok(Processed { outcome: "dead_lettered", outputs: vec![Output::dead_letter("rank", input, "unknown_tier", reason)] })
+    Ok(Processed {
+        outcome: "dead_lettered",
+        outputs: vec![Output::dead_letter("rank", input, "unknown_tier", reason)],
+    })
 }
 
 /// Cannot happen while score orders candidates before watermarks; kept

@@ -34,7 +34,11 @@ fn chest(player: &str, key: &str, window_start: i64) -> Vec<u8> {
 }
 
 fn batches(p: &Processed) -> Vec<PrizeBatch> {
-    p.outputs.iter().filter(|o| o.sink == Sink::Secondary).map(|o| serde_json::from_slice(&o.payload).unwrap()).collect()
+    p.outputs
+        .iter()
+        .filter(|o| o.sink == Sink::Secondary)
+        .map(|o| serde_json::from_slice(&o.payload).unwrap())
+        .collect()
 }
 
 fn snapshots(outputs: &[Output]) -> Vec<Snapshot> {
@@ -49,7 +53,12 @@ fn window_closes_once_when_every_score_partition_passed_end_plus_grace() {
         h.feed(0, b"k", &entry("gold", w, player, points, at));
     }
     h.feed(0, b"k", &entry("gold", w, "e", 5, 1));
-    h.feed(0, b"k", &Candidate::Evict { hunt_id: "winter-2026".into(), tier: "gold".into(), board: w, player_id: "e".into() }.encode());
+    h.feed(
+        0,
+        b"k",
+        &Candidate::Evict { hunt_id: "winter-2026".into(), tier: "gold".into(), board: w, player_id: "e".into() }
+            .encode(),
+    );
     h.feed(0, b"k", &chest("a", "chest-1", 0));
     h.commit();
     // A restart between commit and close: caches reload from RocksDB.
@@ -68,7 +77,12 @@ fn window_closes_once_when_every_score_partition_passed_end_plus_grace() {
     // Ties on points go to whoever reached them first (c at 4 before a at 5).
     assert_eq!(
         got,
-        vec![("rank", "b", 500, Some(1)), ("rank", "c", 100, Some(2)), ("rank", "a", 100, Some(3)), ("chest", "a", 40, None)]
+        vec![
+            ("rank", "b", 500, Some(1)),
+            ("rank", "c", 100, Some(2)),
+            ("rank", "a", 100, Some(3)),
+            ("chest", "a", 40, None)
+        ]
     );
     assert_eq!(b.awards[0].idempotency_key, rank_award_key("winter-2026", "gold", 0, 1, "b"));
     let finals = snapshots(&closing.outputs);

@@ -115,7 +115,12 @@ impl ScoreStage {
 
     /// Records `time` from claim partition `upstream`; returns the new
     /// minimum over all claim partitions, once all were heard from.
-    fn observe_upstream(&mut self, state: &mut PartitionState<'_>, upstream: i32, time: i64) -> Result<i64, StageError> {
+    fn observe_upstream(
+        &mut self,
+        state: &mut PartitionState<'_>,
+        upstream: i32,
+        time: i64,
+    ) -> Result<i64, StageError> {
         let p = state.partition();
         if !self.upstreams.contains_key(&p) {
             let mut m = BTreeMap::new();
@@ -215,7 +220,9 @@ impl StageLogic for ScoreStage {
     }
 
     fn process(&mut self, state: &mut PartitionState<'_>, input: &Input<'_>) -> Result<Processed, StageError> {
-        let dead = |code, reason| Ok(Processed { outcome: "dead_lettered", outputs: vec![Output::dead_letter("score", input, code, reason)] });
+        let dead = |code, reason| {
+            Ok(Processed { outcome: "dead_lettered", outputs: vec![Output::dead_letter("score", input, code, reason)] })
+        };
         let e = match event::decode(input.payload, usize::MAX) {
             Ok(e) => e,
             Err(err) => return dead(err.code(), err.to_string()),
@@ -232,7 +239,10 @@ impl StageLogic for ScoreStage {
                 e.event_time,
                 self.windows.closes_at(window)
             );
-            return Ok(Processed { outcome: "late", outputs: vec![Output::dead_letter("score", input, "late_event", reason)] });
+            return Ok(Processed {
+                outcome: "late",
+                outputs: vec![Output::dead_letter("score", input, "late_event", reason)],
+            });
         }
 
         let mut outputs = Vec::new();

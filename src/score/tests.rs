@@ -15,10 +15,8 @@ pub(crate) fn small_topology() -> Topology {
     spec.stages.top_n = 3;
     for hunt in &mut spec.hunts {
         for tier in &mut hunt.tiers {
-            tier.rank_rewards = vec![
-                RankRewardSpec { from: 1, to: 1, reward: 500 },
-                RankRewardSpec { from: 2, to: 3, reward: 100 },
-            ];
+            tier.rank_rewards =
+                vec![RankRewardSpec { from: 1, to: 1, reward: 500 }, RankRewardSpec { from: 2, to: 3, reward: 100 }];
         }
     }
     Topology::from_spec(spec).expect("valid")
@@ -144,8 +142,10 @@ fn reference(events: &[(u32, u64, i64, bool)]) -> Boards {
     }
     sums.into_iter()
         .map(|(b, players)| {
-            let mut v: Vec<Entry> =
-                players.into_iter().map(|(player_id, (points, reached_at))| Entry { player_id, points, reached_at }).collect();
+            let mut v: Vec<Entry> = players
+                .into_iter()
+                .map(|(player_id, (points, reached_at))| Entry { player_id, points, reached_at })
+                .collect();
             v.sort();
             (b, v.into_iter().take(3).map(|e| (e.player_id, (e.points, e.reached_at))).collect())
         })

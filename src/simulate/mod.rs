@@ -51,7 +51,14 @@ pub struct SimulateOptions {
 
 impl Default for SimulateOptions {
     fn default() -> Self {
-        Self { shards: 8, events: Some(20_000), batch_size: 500, rate: None, shape: TrafficShape::default(), progress: false }
+        Self {
+            shards: 8,
+            events: Some(20_000),
+            batch_size: 500,
+            rate: None,
+            shape: TrafficShape::default(),
+            progress: false,
+        }
     }
 }
 

@@ -112,7 +112,8 @@ pub async fn verify(client: ClientConfig, topology: &Topology, timeout: Duration
             .map_err(|e| VerifyError::Thread(e.to_string()))??;
         read.push(records);
     }
-    let [events, accepted, dead, prizes, boards] = <[Vec<Record>; 5]>::try_from(read).map_err(|_| VerifyError::Thread("topics".into()))?;
+    let [events, accepted, dead, prizes, boards] =
+        <[Vec<Record>; 5]>::try_from(read).map_err(|_| VerifyError::Thread("topics".into()))?;
     Ok(check(topology, &events, &accepted, &dead, &prizes, &boards))
 }
 
@@ -151,16 +152,15 @@ pub fn check(
             Some(e) => {
                 *got.entry(e.event_id.clone()).or_default() += 1;
                 // `claim:<partition>:<offset>:<index>`
-                let upstream = rec
-                    .header(LINEAGE)
-                    .and_then(|l| l.split(':').nth(1))
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(0);
+                let upstream =
+                    rec.header(LINEAGE).and_then(|l| l.split(':').nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
                 if let Some(list) = score_input.get_mut(rec.partition as usize) {
                     list.push((upstream, e));
                 }
             }
-            None => r.problems.push(format!("accepted record at {}:{} is not a valid event", rec.partition, rec.offset)),
+            None => {
+                r.problems.push(format!("accepted record at {}:{} is not a valid event", rec.partition, rec.offset))
+            }
         }
     }
     for (id, n) in &got {
@@ -186,9 +186,8 @@ pub fn check(
         let code = rec.header(REASON_CODE).unwrap_or("?");
         *r.dead_letters.entry(format!("{stage}/{code}")).or_default() += 1;
     }
-    let count = |prefix: &str| -> u64 {
-        r.dead_letters.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| *v).sum()
-    };
+    let count =
+        |prefix: &str| -> u64 { r.dead_letters.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| *v).sum() };
     let claim_invalid = count("claim/") - count("claim/chest_already_claimed");
     for (what, got, want) in [
         ("claim dead letters for invalid events", claim_invalid, invalid),
@@ -234,7 +233,9 @@ fn check_prizes(r: &mut VerifyReport, topology: &Topology, score: &reference::Sc
             }
         }
         match batches.get(&id) {
-            Some(prev) if *prev != awards => r.problems.push(format!("batch {id} was emitted twice with different awards")),
+            Some(prev) if *prev != awards => {
+                r.problems.push(format!("batch {id} was emitted twice with different awards"))
+            }
             Some(_) => {}
             None => {
                 batches.insert(id, awards);
@@ -252,7 +253,9 @@ fn check_prizes(r: &mut VerifyReport, topology: &Topology, score: &reference::Sc
         for (key, award) in want {
             match got.get(key) {
                 None => r.problems.push(format!("batch {id}: award {key} {award:?} missing")),
-                Some(a) if a != award => r.problems.push(format!("batch {id}: award {key} is {a:?}, expected {award:?}")),
+                Some(a) if a != award => {
+                    r.problems.push(format!("batch {id}: award {key} is {a:?}, expected {award:?}"))
+                }
                 Some(_) => {}
             }
         }

@@ -22,8 +22,19 @@ pub struct RefEvent {
     pub time: i64,
 }
 
-const FIELDS: [&str; 11] =
-    ["v", "event_id", "hunt_id", "shard_id", "region", "player_id", "tier", "kind", "chest_key", "points", "event_time"];
+const FIELDS: [&str; 11] = [
+    "v",
+    "event_id",
+    "hunt_id",
+    "shard_id",
+    "region",
+    "player_id",
+    "tier",
+    "kind",
+    "chest_key",
+    "points",
+    "event_time",
+];
 
 /// Parses and validates one event against the topology; `None` if the
 /// pipeline must refuse it.
@@ -212,7 +223,8 @@ pub fn prizes(score: &ScoreOutcome, topology: &Topology) -> BTreeMap<String, BTr
             }
         }
         for (chest, player, _) in score.chests.get(&(hunt.clone(), tier.clone(), start)).into_iter().flatten() {
-            awards.insert(award_key(&[&hunt, "chest", chest]), ("chest".into(), player.clone(), tier_spec.chest_reward));
+            awards
+                .insert(award_key(&[&hunt, "chest", chest]), ("chest".into(), player.clone(), tier_spec.chest_reward));
         }
         out.insert(format!("{hunt}/{tier}/{start}"), awards);
     }
