@@ -56,6 +56,7 @@ pub fn read_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Resu
     }
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
+    let mut idle_since = Instant::now();
     while remaining > 0 {
         if Instant::now() > deadline {
             return Err(VerifyError::Timeout(topic.into()));
@@ -80,15 +81,15 @@ pub fn read_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Resu
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers,
                 });
-                if ends.get(&p).is_some_and(|end| m.offset() + 1 >= *end) {
-                    ends.remove(&p);
-                    remaining -= 1;
-                }
+                idle_since = Instant::now();
             }
             Some(Err(e)) => return Err(e.into()),
-            // Idle: the tail may be a transaction marker, which is never
-            // delivered but moves the position to the end.
-            None => {
+            // Idle for a while: done with the partitions whose position
+            // reached the end seen at the start (the tail may be a
+            // transaction marker, never delivered but counted in the end).
+            // Waiting for idleness, not just the end offset, because some
+            // brokers (Tansu) report wrong high watermarks.
+            None if idle_since.elapsed() >= Duration::from_secs(1) => {
                 let done: Vec<i32> = {
                     let positions = consumer.position()?;
                     ends.iter()
@@ -105,6 +106,7 @@ pub fn read_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Resu
                     remaining -= 1;
                 }
             }
+            None => {}
         }
     }
     out.sort_by_key(|r| (r.partition, r.offset));
