@@ -120,7 +120,7 @@ async fn workers_joining_and_leaving_mid_stream_keep_results_exact() {
     let pipeline = Pipeline::start(&settings, &cluster, &topology, 1, metrics.clone());
 
     let producer = EventProducer::new(&cluster, &topology, Duration::from_secs(30)).unwrap();
-    let sim = SimulateOptions { events: Some(40_000), rate: Some(4_000.0), ..Default::default() };
+    let sim = SimulateOptions { events: Some(60_000), rate: Some(4_000.0), ..Default::default() };
     let feeding = tokio::spawn({
         let topology = topology.clone();
         async move { simulate::run(&topology, Target::Kafka(producer), sim, CancellationToken::new()).await }
@@ -128,13 +128,27 @@ async fn workers_joining_and_leaving_mid_stream_keep_results_exact() {
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let extra = CancellationToken::new();
+    let extra_registry = Registry::new();
+    let extra_metrics = WorkerMetrics::new(&extra_registry);
     let mut joined = Vec::new();
     for stage in StageKind::ALL {
         let cfg = worker_config(stage, &settings, &cluster, &topology, 1);
-        let (topology, metrics, cancel) = (topology.clone(), metrics.clone(), extra.clone());
+        let (topology, metrics, cancel) = (topology.clone(), extra_metrics.clone(), extra.clone());
         joined.push(tokio::spawn(async move { run_stage(stage, cfg, &topology, metrics, cancel).await }));
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Leave once the newcomers got partitions (after the rebalance) and worked.
+    let worked = || {
+        extra_registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "huntflow_stage_records_total")
+            .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+            .sum::<f64>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while worked() < 1_000.0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The extra workers leave cleanly: they commit, and the group rebalances.
     extra.cancel();
     let mut extra_processed = 0;
