@@ -250,6 +250,31 @@ pub async fn wait_quiet(
     }
 }
 
+/// Waits until claim has read every event in the events topic and score
+/// every event claim accepted (read from the workers' metrics), so a quiet
+/// period cannot be mistaken for the end while workers still join.
+pub async fn wait_for_stages(
+    registry: &Registry,
+    cluster: &Cluster,
+    topology: &Topology,
+    timeout: Duration,
+) -> Result<(), RunError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let events = topology.spec().topics.events.name.clone();
+    let in_topic = cluster.record_counts(vec![events], Duration::from_secs(10)).await?;
+    let in_topic = in_topic.first().map_or(0.0, |(_, n)| *n as f64);
+    while tokio::time::Instant::now() < deadline {
+        let counts = crate::stage::records_by_stage(registry);
+        let stage = |s: &str| counts.iter().filter(|((st, _), _)| st == s).map(|(_, v)| v).sum::<f64>();
+        let accepted = counts.get(&("claim".to_owned(), "accepted".to_owned())).copied().unwrap_or(0.0);
+        if stage("claim") >= in_topic && stage("score") >= accepted {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
 /// Waits for quiet, verifies, and retries while the pipeline may still be
 /// catching up (a rebalance after a crash pauses it for a session timeout).
 pub async fn drain_and_verify(
@@ -294,7 +319,7 @@ pub async fn main_job(
     let registry = Registry::new();
     let pipeline =
         Pipeline::start(&settings, &cluster, &topology, opts.workers_per_stage, WorkerMetrics::new(&registry));
-    let query = start_query(settings.query_listen, &cluster, &topology, registry).await?;
+    let query = start_query(settings.query_listen, &cluster, &topology, registry.clone()).await?;
     let (tokens, pairs) = ShardTokens::generate(opts.simulate.shards);
     let ingest_stop = CancellationToken::new();
     let ingest = start_ingest(&settings, &topology, cluster.clone(), tokens, ingest_stop.clone()).await?;
@@ -329,6 +354,7 @@ pub async fn main_job(
     let mut verify_report = None;
     if !shutdown.is_cancelled() {
         let drain = async {
+            wait_for_stages(&registry, &cluster, &topology, opts.drain_timeout).await?;
             if opts.verify {
                 verify_report = Some(drain_and_verify(&cluster, &topology, opts.drain_timeout).await?);
             } else {
@@ -345,6 +371,15 @@ pub async fn main_job(
     live_stop.cancel();
     if let Some(task) = live {
         let _ = task.await;
+    }
+    // The query API follows the leaderboards topic on its own; give it a
+    // moment to catch up with the last snapshots before printing them.
+    let expected = topology.spec().hunts.iter().map(|h| h.tiers.len()).sum::<usize>();
+    for _ in 0..40 {
+        if query::top_lines(&topology, &query.boards, 10).len() >= expected || shutdown.is_cancelled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let leaderboards = query::top_lines(&topology, &query.boards, 10);
     let query_addr = query.addr;

@@ -49,19 +49,9 @@ impl std::fmt::Display for PipelineBench {
 }
 
 fn stage_totals(registry: &Registry) -> [f64; 3] {
-    let mut out = [0.0; 3];
-    for family in registry.gather().iter().filter(|f| f.name() == "huntflow_stage_records_total") {
-        for m in family.get_metric() {
-            let stage = m.get_label().iter().find(|l| l.name() == "stage").map(|l| l.value().to_owned());
-            let i = match stage.as_deref() {
-                Some("claim") => 0,
-                Some("score") => 1,
-                _ => 2,
-            };
-            out[i] += m.get_counter().get_value();
-        }
-    }
-    out
+    let counts = crate::stage::records_by_stage(registry);
+    let total = |stage: &str| counts.iter().filter(|((s, _), _)| s == stage).map(|(_, v)| v).sum::<f64>();
+    [total("claim"), total("score"), total("rank")]
 }
 
 fn passthrough(client: ClientConfig, from: &str, to: &str, events: u64) -> Result<f64, KafkaError> {

@@ -24,6 +24,19 @@ pub use worker::{run_worker, WorkerConfig, WorkerMetrics, WorkerReport};
 
 use crate::state::{StateError, StateStore};
 
+/// `huntflow_stage_records_total` by (stage, outcome), read back from a registry.
+pub fn records_by_stage(registry: &prometheus::Registry) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    for family in registry.gather().iter().filter(|f| f.name() == "huntflow_stage_records_total") {
+        for m in family.get_metric() {
+            let label = |name: &str| m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_owned());
+            let key = (label("stage").unwrap_or_default(), label("outcome").unwrap_or_default());
+            *out.entry(key).or_default() += m.get_counter().get_value();
+        }
+    }
+    out
+}
+
 /// Header carrying an output record's lineage: `stage:partition:offset:index`.
 pub const HEADER_LINEAGE: &str = "huntflow-lineage";
 
