@@ -42,6 +42,17 @@ pub struct Cluster {
     embedded: Option<EmbeddedBroker>,
 }
 
+/// Partition ids of `topic` as the brokers report them (empty if unknown).
+pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default())
+}
+
 impl Cluster {
     /// Connects to the configured brokers, or starts the embedded 3-broker
     /// mock cluster with the topology's topics when none are configured.

@@ -76,9 +76,8 @@ fn i64_of(b: &[u8]) -> Option<i64> {
 impl RankStage {
     pub fn new(topology: &Topology) -> Result<Self, StageError> {
         let spec = topology.spec();
-        let w = &spec.windows.prize;
-        let windows = TumblingWindows::new(w.size.as_millis() as i64, w.grace.as_millis() as i64)
-            .map_err(|e| StageError::Fatal(format!("prize window: {e}")))?;
+        let windows =
+            crate::windowing::prize_windows(topology).map_err(|e| StageError::Fatal(format!("prize window: {e}")))?;
         Ok(Self {
             topology: topology.clone(),
             windows,

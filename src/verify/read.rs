@@ -33,9 +33,7 @@ pub fn read_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Resu
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> =
-        md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
+    let partitions = crate::kafka::topic_partitions(&consumer, topic, Duration::from_secs(10))?;
     if partitions.is_empty() {
         return Err(VerifyError::MissingTopic(topic.into()));
     }

@@ -17,6 +17,12 @@ pub enum WindowError {
     NegativeGrace(i64),
 }
 
+/// The topology's prize windows (`windows.prize`: size and grace).
+pub fn prize_windows(topology: &crate::topology::Topology) -> Result<TumblingWindows, WindowError> {
+    let w = &topology.spec().windows.prize;
+    TumblingWindows::new(w.size.as_millis() as i64, w.grace.as_millis() as i64)
+}
+
 /// Fixed-size, non-overlapping event-time windows `[start, start + size)`.
 ///
 /// A window stays open for `grace_ms` after its end so that slightly late
