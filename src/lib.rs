@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod ingest;
 pub mod kafka;
+pub mod kinesis;
 pub mod pipeline;
 pub mod query;
 pub mod rank;

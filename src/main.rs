@@ -64,6 +64,15 @@ enum Command {
         #[arg(long, env = "HUNTFLOW_INSTANCE", default_value_t = 0)]
         instance: u32,
     },
+    /// Copy the topology's Kinesis stream into the events topic, exactly once, until SIGTERM.
+    KinesisBridge {
+        /// This instance's index (the StatefulSet ordinal); fixes its shards and transactional.id.
+        #[arg(long, env = "HUNTFLOW_INSTANCE", default_value_t = 0)]
+        instance: u32,
+        /// How many bridge instances split the shards (polling mode; enhanced fan-out needs 1).
+        #[arg(long, env = "HUNTFLOW_INSTANCES", default_value_t = 1)]
+        instances: u32,
+    },
     /// Simulated game shards posting to an ingest URL or straight to Kafka.
     Simulate {
         #[command(flatten)]
@@ -72,8 +81,11 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
         /// Produce straight to the events topic instead of posting over HTTP.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kinesis")]
         direct: bool,
+        /// Put the events on the topology's Kinesis stream (PutRecords) instead.
+        #[arg(long)]
+        kinesis: bool,
     },
     /// Run the embedded broker alone and print its bootstrap address.
     Broker {
@@ -130,6 +142,14 @@ enum BenchWhich {
     Pipeline {
         #[arg(long, default_value_t = 200_000)]
         events: u64,
+    },
+    /// Records/s from Kinesis into the events topic in polling and enhanced
+    /// fan-out mode, against `kinesis.endpoint_url` (e.g. kinesis-local).
+    Kinesis {
+        #[arg(long, default_value_t = 20_000)]
+        records: u64,
+        #[arg(long, default_value_t = 4)]
+        shards: i32,
     },
 }
 
@@ -271,10 +291,24 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { sim, url, direct } => {
+        Command::KinesisBridge { instance, instances } => {
+            let report =
+                huntflow::run::kinesis_bridge(load()?, instance, instances, huntflow::signals::shutdown_token()).await?;
+            let finished = report.checkpoints.values().filter(|c| c.finished).count();
+            println!(
+                "kinesis bridge {instance}/{instances} stopped: {} records ({} bytes), {} dead letters, {} commits, {} aborts, {} shards checkpointed ({finished} finished)",
+                report.records, report.bytes, report.dead_letters, report.commits, report.aborts, report.checkpoints.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { sim, url, direct, kinesis } => {
             let settings = load()?;
             let topology = Topology::load(&settings.topology)?;
-            let target = if direct {
+            let target = if kinesis {
+                let stream = topology.spec().source.kinesis.as_ref().map(|k| k.stream.clone());
+                let stream = stream.context("the topology has no source.kinesis section")?;
+                huntflow::simulate::Target::Kinesis { client: huntflow::kinesis::connect(&settings).await, stream }
+            } else if direct {
                 let cluster = huntflow::kafka::Cluster::connect(&settings, &topology)?;
                 let producer =
                     huntflow::kafka::EventProducer::new(&cluster, &topology, settings.ingest.delivery_timeout)?;
@@ -332,6 +366,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench { which: BenchWhich::Pipeline { events } } => {
             let report = huntflow::bench::pipeline(&load()?, events).await?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { which: BenchWhich::Kinesis { records, shards } } => {
+            let report = huntflow::bench::kinesis(&load()?, records, shards).await?;
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }

@@ -37,6 +37,8 @@ pub enum RunError {
     Query(#[from] QueryError),
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
+    #[error(transparent)]
+    Kinesis(#[from] crate::kinesis::KinesisError),
     #[error("no shard tokens configured: set HUNTFLOW_SHARD_TOKENS or shard_tokens_file")]
     NoTokens,
 }
@@ -413,17 +415,63 @@ pub async fn stage_worker(
     let cluster = Cluster::connect(&settings, &topology)?;
     let registry = Registry::new();
     let metrics = crate::stage::WorkerMetrics::new(&registry);
-    let addr = settings.worker_metrics_listen;
+    let server = serve_metrics(settings.worker_metrics_listen, registry, shutdown.clone()).await?;
+    let cfg = pipeline::worker_config(kind, &settings, &cluster, &topology, instance);
+    let result = pipeline::run_stage(kind, cfg, &topology, metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    Ok(result?)
+}
+
+/// `/metrics` and `/healthz` of a worker or bridge process, until `shutdown`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, RunError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/metrics", axum::routing::get(move || async move { crate::telemetry::render(&registry) }));
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
-    });
-    let cfg = pipeline::worker_config(kind, &settings, &cluster, &topology, instance);
-    let result = pipeline::run_stage(kind, cfg, &topology, metrics, shutdown.clone()).await;
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    }))
+}
+
+/// `huntflow kinesis-bridge`: copies the topology's Kinesis stream into the
+/// events topic until `shutdown`, serving metrics on `worker.metrics_listen`.
+pub async fn kinesis_bridge(
+    settings: Settings,
+    instance: u32,
+    instances: u32,
+    shutdown: CancellationToken,
+) -> Result<crate::kinesis::BridgeReport, RunError> {
+    let topology = Topology::load(&settings.topology)?;
+    if topology.spec().source.kind != crate::topology::SourceKind::Kinesis {
+        return Err(crate::kinesis::KinesisError::Invalid(format!(
+            "{}: source.kind is not kinesis",
+            settings.topology.display()
+        ))
+        .into());
+    }
+    if settings.brokers.is_none() {
+        return Err(crate::kinesis::KinesisError::Invalid(
+            "the bridge needs a Kafka cluster shared with the workers: set `brokers` (HUNTFLOW_BROKERS)".into(),
+        )
+        .into());
+    }
+    let cluster = Cluster::connect(&settings, &topology)?;
+    let registry = Registry::new();
+    let server = serve_metrics(settings.worker_metrics_listen, registry.clone(), shutdown.clone()).await?;
+    let opts = crate::kinesis::BridgeOptions {
+        kinesis: crate::kinesis::connect(&settings).await,
+        kafka: cluster.client_config(),
+        topology,
+        instance,
+        instances,
+        transaction_timeout: settings.worker_transaction_timeout,
+    };
+    let result = crate::kinesis::run_bridge(opts, &registry, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
     Ok(result?)

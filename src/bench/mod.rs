@@ -2,8 +2,10 @@
 //! baseline in the same run, so ratios stay meaningful on a noisy machine.
 //! Nothing here asserts a threshold.
 
+mod kinesis;
 mod pipeline;
 
+pub use kinesis::{kinesis, KinesisBench};
 pub use pipeline::{pipeline, PipelineBench};
 
 use std::sync::Arc;

@@ -53,6 +53,21 @@ pub struct SettingsFile {
     /// Stage worker settings.
     #[serde(default)]
     pub worker: WorkerFile,
+    /// Kinesis client settings of `huntflow kinesis-bridge`.
+    #[serde(default)]
+    pub kinesis: KinesisFile,
+}
+
+/// Everything else (credentials, profile, retries) comes from the standard
+/// AWS config chain: environment, `~/.aws/config`, web identity, IMDS.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisFile {
+    /// Endpoint override, e.g. `http://127.0.0.1:4568` for an emulator;
+    /// absent means the region's AWS endpoint.
+    pub endpoint_url: Option<String>,
+    /// Region override; absent means the AWS chain (`AWS_REGION`, profile).
+    pub region: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -113,6 +128,10 @@ pub struct Settings {
     pub worker_transaction_timeout: Duration,
     pub worker_metrics_listen: SocketAddr,
     pub shard_tokens: ShardTokens,
+    /// Kinesis endpoint override (`kinesis.endpoint_url`, env `HUNTFLOW_KINESIS_ENDPOINT`).
+    pub kinesis_endpoint: Option<String>,
+    /// Kinesis region override (`kinesis.region`, env `HUNTFLOW_KINESIS_REGION`).
+    pub kinesis_region: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +162,8 @@ impl Default for Settings {
             worker_transaction_timeout: Duration::from_secs(30),
             worker_metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             shard_tokens: ShardTokens::default(),
+            kinesis_endpoint: None,
+            kinesis_region: None,
         }
     }
 }
@@ -201,8 +222,17 @@ impl Settings {
         let txn_ms = parsed.worker.transaction_timeout_ms;
         let mut metrics_listen = parsed.worker.metrics_listen;
 
+        s.kinesis_endpoint = parsed.kinesis.endpoint_url;
+        s.kinesis_region = parsed.kinesis.region;
+
         // Environment.
         let get = |k: &str| env.get(k).cloned();
+        if let Some(v) = get("HUNTFLOW_KINESIS_ENDPOINT") {
+            s.kinesis_endpoint = Some(v);
+        }
+        if let Some(v) = get("HUNTFLOW_KINESIS_REGION") {
+            s.kinesis_region = Some(v);
+        }
         if let Some(v) = get("HUNTFLOW_BROKERS") {
             s.brokers = Some(v);
         }
@@ -291,6 +321,12 @@ impl Settings {
         }
         if s.ingest.delivery_timeout.is_zero() {
             problems.push("ingest.delivery_timeout_ms: must be greater than 0".into());
+        }
+        s.kinesis_endpoint = s.kinesis_endpoint.filter(|e| !e.trim().is_empty());
+        if let Some(e) = &s.kinesis_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                problems.push(format!("kinesis.endpoint_url: `{e}` must start with http:// or https://"));
+            }
         }
         if s.kafka.contains_key("bootstrap.servers") {
             problems.push("kafka.bootstrap.servers: set `brokers` instead".into());

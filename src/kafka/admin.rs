@@ -41,6 +41,16 @@ impl TopicPlan {
                 config: safe_topic_config(role, t),
             })
             .collect();
+        let source = &topology.spec().source;
+        if let (crate::topology::SourceKind::Kinesis, Some(k)) = (source.kind, &source.kinesis) {
+            plan.push(TopicPlan {
+                role: "kinesis_checkpoints".into(),
+                name: k.checkpoints.name.clone(),
+                partitions: k.checkpoints.partitions,
+                replication_factor: k.checkpoints.replication_factor,
+                config: safe_topic_config("changelog", &k.checkpoints),
+            });
+        }
         for (stage, input) in CHANGELOG_STAGES {
             let Some((_, input)) = topics.all().into_iter().find(|(r, _)| *r == input) else { continue };
             let spec = TopicSpec {

@@ -17,6 +17,16 @@ pub const HEADER_REASON_CODE: &str = "huntflow-reason-code";
 /// Dead letters: size of the original when the stored bytes were truncated.
 pub const HEADER_ORIGINAL_SIZE: &str = "huntflow-original-size";
 
+/// Records copied from Kinesis: the Kinesis shard they were read from.
+pub const HEADER_KINESIS_SHARD: &str = "huntflow-kinesis-shard";
+/// Records copied from Kinesis: their Kinesis sequence number.
+pub const HEADER_KINESIS_SEQUENCE: &str = "huntflow-kinesis-sequence";
+
+/// Records copied from Kinesis: `<run>:<n>`, the bridge process run and its
+/// n-th transaction. Brokers that show aborted records (test brokers) make
+/// the transaction open at a crash visible; this tells it apart.
+pub const HEADER_KINESIS_TXN: &str = "huntflow-kinesis-txn";
+
 /// The first header named `name`, as text.
 pub fn header_str<M: Message>(msg: &M, name: &str) -> Option<String> {
     let headers = msg.headers()?;

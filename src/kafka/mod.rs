@@ -14,10 +14,10 @@ use rdkafka::ClientConfig;
 pub use admin::{check_topics, create_topics, Drift, TopicPlan};
 pub use embedded::EmbeddedBroker;
 pub use headers::{
-    header_str, HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_REASON_CODE, HEADER_SCHEMA, HEADER_SHARD, HEADER_STAGE,
-    HEADER_TOPOLOGY_HASH,
+    header_str, HEADER_KINESIS_SEQUENCE, HEADER_KINESIS_SHARD, HEADER_KINESIS_TXN, HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_REASON_CODE,
+    HEADER_SCHEMA, HEADER_SHARD, HEADER_STAGE, HEADER_TOPOLOGY_HASH,
 };
-pub use producer::{DeadLetter, EventProducer, ProduceError};
+pub use producer::{DeadLetter, EventProducer, ProduceError, MAX_DEAD_LETTER_BYTES};
 
 use crate::config::Settings;
 use crate::topology::Topology;

@@ -5,6 +5,7 @@
 
 mod generator;
 mod http;
+mod kinesis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub enum Target {
     Http { base_url: String, tokens: Vec<(String, String)> },
     /// Straight to the events topic, bypassing ingest validation.
     Kafka(EventProducer),
+    /// A Kinesis stream, for `huntflow kinesis-bridge` to copy.
+    Kinesis { client: aws_sdk_kinesis::Client, stream: String },
 }
 
 #[derive(Clone)]
@@ -120,6 +123,9 @@ pub async fn run(
                 Sink::Http(http::HttpShard::new(client.clone(), base_url, &shard, token))
             }
             Target::Kafka(p) => Sink::Kafka(p.clone()),
+            Target::Kinesis { client, stream } => {
+                Sink::Kinesis(kinesis::KinesisShard { client: client.clone(), stream: stream.clone() })
+            }
         };
         let (counters, cancel, bar, batch) = (counters.clone(), cancel.clone(), bar.clone(), opts.batch_size.max(1));
         tasks.push(tokio::spawn(async move {
@@ -186,6 +192,7 @@ pub async fn run(
 enum Sink {
     Http(http::HttpShard),
     Kafka(EventProducer),
+    Kinesis(kinesis::KinesisShard),
 }
 
 impl Sink {
@@ -198,6 +205,7 @@ impl Sink {
     ) -> Result<(), SimulateError> {
         match self {
             Sink::Http(h) => h.post(items, counters, cancel).await,
+            Sink::Kinesis(k) => k.put(shard, items, counters, cancel).await,
             Sink::Kafka(p) => {
                 let records: Vec<(&str, &[u8])> = items.iter().map(|i| (i.key.as_str(), i.bytes.as_slice())).collect();
                 for r in p.send_raw_events(&records).await {

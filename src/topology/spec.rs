@@ -129,9 +129,93 @@ fn default_replication() -> i32 {
 /// Where events enter the pipeline.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct SourceSpec {
-    /// `kafka` (shards post to the HTTP ingest) or `kinesis` (not built yet).
+    /// `kafka` (shards post to the HTTP ingest) or `kinesis` (`huntflow
+    /// kinesis-bridge` copies a Kinesis stream into the events topic).
     #[serde(default)]
     pub kind: SourceKind,
+    /// The Kinesis stream and how to read it; required when `kind: kinesis`.
+    #[serde(default)]
+    pub kinesis: Option<KinesisSourceSpec>,
+}
+
+/// How the Kinesis bridge reads its stream.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct KinesisSourceSpec {
+    /// Kinesis stream name.
+    pub stream: String,
+    /// `polling` (GetRecords on every shard, several instances may split the
+    /// shards) or `enhanced-fan-out` (one registered consumer, SubscribeToShard
+    /// per shard, one instance; strict per-shard order at push latency).
+    #[serde(default)]
+    pub mode: KinesisMode,
+    /// Name of the registered stream consumer in `enhanced-fan-out` mode;
+    /// reused when it already exists.
+    #[serde(default = "default_consumer_name")]
+    pub consumer_name: String,
+    /// Compacted topic holding the last sequence number written per shard,
+    /// committed in the same transaction as the records.
+    #[serde(default = "default_checkpoint_topic")]
+    pub checkpoints: TopicSpec,
+    /// GetRecords `Limit` (1..=10000).
+    #[serde(default = "default_max_records")]
+    pub max_records_per_call: i32,
+    /// Polling: wait after a GetRecords that returned nothing. At least 200ms
+    /// (Kinesis allows 5 GetRecords per second per shard).
+    #[serde(default = "default_idle_poll")]
+    pub idle_poll_interval: HumanDuration,
+    /// Enhanced fan-out: resubscribe when a subscription sent nothing for this
+    /// long, so a half-open subscription cannot stall a shard unnoticed.
+    #[serde(default = "default_silence")]
+    pub subscription_silence_timeout: HumanDuration,
+    /// How often the shard list is re-read to find shards created by a split
+    /// or merge.
+    #[serde(default = "default_shard_refresh")]
+    pub shard_refresh_interval: HumanDuration,
+    /// The bridge commits its Kafka transaction at least this often.
+    #[serde(default = "default_bridge_commit")]
+    pub commit_interval: HumanDuration,
+}
+
+/// Kinesis consumer mode.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum KinesisMode {
+    #[default]
+    Polling,
+    EnhancedFanOut,
+}
+
+fn default_consumer_name() -> String {
+    "huntflow".into()
+}
+
+fn default_checkpoint_topic() -> TopicSpec {
+    TopicSpec {
+        name: "hunt.kinesis-checkpoints".into(),
+        partitions: 1,
+        replication_factor: default_replication(),
+        config: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+    }
+}
+
+fn default_max_records() -> i32 {
+    10_000
+}
+
+fn default_idle_poll() -> HumanDuration {
+    HumanDuration::from_millis(1_000)
+}
+
+fn default_silence() -> HumanDuration {
+    HumanDuration::from_millis(15_000)
+}
+
+fn default_shard_refresh() -> HumanDuration {
+    HumanDuration::from_millis(10_000)
+}
+
+fn default_bridge_commit() -> HumanDuration {
+    HumanDuration::from_millis(200)
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]

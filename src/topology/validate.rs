@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::spec::{SourceKind, TopicSpec, TopologySpec};
+use super::spec::{KinesisMode, SourceKind, TopicSpec, TopologySpec};
 
 /// One problem found in a topology, at a YAML path like `hunts[0].tiers[2]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,9 +37,7 @@ pub fn validate(spec: &TopologySpec) -> Vec<Problem> {
     }
     check_hunts(spec, &mut p);
     check_topics(spec, &mut p);
-    if spec.source.kind == SourceKind::Kinesis {
-        p.push("source.kind", "kinesis is not built yet; use kafka");
-    }
+    check_kinesis(spec, &mut p);
     let s = &spec.stages;
     if s.dedup_ttl.as_millis() == 0 {
         p.push("stages.dedup_ttl", "must be greater than 0");
@@ -180,4 +178,49 @@ fn check_topic_config(at: &str, topic: &TopicSpec, p: &mut Problems) {
             _ => {}
         }
     }
+}
+
+fn check_kinesis(spec: &TopologySpec, p: &mut Problems) {
+    let Some(k) = &spec.source.kinesis else {
+        if spec.source.kind == SourceKind::Kinesis {
+            p.push("source.kinesis", "required when source.kind is kinesis (at least `stream`)");
+        }
+        return;
+    };
+    // Stream names: 1..=128 of [a-zA-Z0-9_.-] (Kinesis API reference).
+    if !is_kinesis_name(&k.stream) {
+        p.push("source.kinesis.stream", format!("`{}` is not a Kinesis stream name ([a-zA-Z0-9_.-], 1..=128)", k.stream));
+    }
+    if k.mode == KinesisMode::EnhancedFanOut && !is_kinesis_name(&k.consumer_name) {
+        p.push("source.kinesis.consumer_name", format!("`{}` is not a consumer name ([a-zA-Z0-9_.-], 1..=128)", k.consumer_name));
+    }
+    if !is_topic_name(&k.checkpoints.name) {
+        p.push("source.kinesis.checkpoints.name", format!("`{}` is not a valid topic name", k.checkpoints.name));
+    }
+    if k.checkpoints.partitions < 1 {
+        p.push("source.kinesis.checkpoints.partitions", "must be at least 1");
+    }
+    if k.checkpoints.config.get("cleanup.policy").is_some_and(|v| !v.contains("compact")) {
+        p.push("source.kinesis.checkpoints.config.cleanup.policy", "the checkpoint topic must be compacted");
+    }
+    check_topic_config("source.kinesis.checkpoints", &k.checkpoints, p);
+    if !(1..=10_000).contains(&k.max_records_per_call) {
+        p.push("source.kinesis.max_records_per_call", "must be between 1 and 10000");
+    }
+    if k.idle_poll_interval.as_millis() < 200 {
+        p.push("source.kinesis.idle_poll_interval", "must be at least 200ms (5 GetRecords per second per shard)");
+    }
+    if k.subscription_silence_timeout.as_millis() < 1_000 {
+        p.push("source.kinesis.subscription_silence_timeout", "must be at least 1s");
+    }
+    if k.shard_refresh_interval.as_millis() < 100 {
+        p.push("source.kinesis.shard_refresh_interval", "must be at least 100ms");
+    }
+    if k.commit_interval.as_millis() == 0 {
+        p.push("source.kinesis.commit_interval", "must be greater than 0");
+    }
+}
+
+fn is_kinesis_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }

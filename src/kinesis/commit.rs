@@ -1,0 +1,256 @@
+//! The bridge's transactional producer: one Kafka transaction holds a batch
+//! of Kinesis records (as events or dead letters) and the checkpoint of every
+//! shard they came from, so records and resume points commit together.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext};
+
+use super::checkpoint::{barrier_record, Checkpoint};
+use super::reader::ShardBatch;
+use super::KinesisError;
+use crate::event::{decode, DecodeError};
+use crate::kafka::{
+    HEADER_KINESIS_SEQUENCE, HEADER_KINESIS_SHARD, HEADER_KINESIS_TXN, HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_REASON_CODE, HEADER_SCHEMA,
+    HEADER_SHARD, HEADER_STAGE, HEADER_TOPOLOGY_HASH,
+};
+use crate::topology::Topology;
+
+/// Stage name on the bridge's dead letters.
+pub const STAGE: &str = "kinesis-bridge";
+/// First bytes of a KPL-aggregated record.
+const KPL_MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
+
+#[derive(Default)]
+pub struct Deliveries {
+    failures: AtomicU64,
+}
+
+pub struct DeliveryContext(Arc<Deliveries>);
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::warn!(error = %e, "delivery failed inside a bridge transaction; it will abort");
+            self.0.failures.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Outcome of one committed batch.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub checkpoints: Vec<Checkpoint>,
+    /// (shard, records, bytes) written.
+    pub per_shard: Vec<(String, u64, u64)>,
+    /// Dead letters by reason code.
+    pub dead_letters: BTreeMap<&'static str, u64>,
+}
+
+pub struct TxnWriter {
+    producer: BaseProducer<DeliveryContext>,
+    deliveries: Arc<Deliveries>,
+    topology: Topology,
+    stream: String,
+    events_topic: String,
+    dead_letter_topic: String,
+    checkpoint_topic: String,
+    timeout: Duration,
+    /// Tags every record with this process run and its transaction number.
+    run: String,
+    transactions: AtomicU64,
+}
+
+impl TxnWriter {
+    /// Creates the producer and fences any predecessor with the same
+    /// transactional id (blocking; call from a blocking thread).
+    pub fn create(
+        client: &ClientConfig,
+        topology: &Topology,
+        transactional_id: &str,
+        run: &str,
+        timeout: Duration,
+    ) -> Result<Self, KinesisError> {
+        let deliveries = Arc::new(Deliveries::default());
+        let producer: BaseProducer<DeliveryContext> = client
+            .clone()
+            .set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            // Same partition for the same key as ingest and the Java client.
+            .set("partitioner", "murmur2_random")
+            .set("transaction.timeout.ms", timeout.as_millis().max(1000).to_string())
+            .create_with_context(DeliveryContext(deliveries.clone()))?;
+        // A killed predecessor's transaction may still be open: the broker
+        // answers CONCURRENT_TRANSACTIONS until it has aborted it.
+        let mut attempt = 0;
+        loop {
+            match producer.init_transactions(timeout) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e)) if e.is_fatal() => return Err(KafkaError::Transaction(e).into()),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "init_transactions failed; retrying");
+                    std::thread::sleep(Duration::from_millis(500 * attempt));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let spec = topology.spec();
+        let kinesis = spec.source.kinesis.as_ref().ok_or(KinesisError::NotConfigured)?;
+        Ok(Self {
+            producer,
+            deliveries,
+            topology: topology.clone(),
+            stream: kinesis.stream.clone(),
+            events_topic: spec.topics.events.name.clone(),
+            dead_letter_topic: spec.topics.dead_letter.name.clone(),
+            checkpoint_topic: kinesis.checkpoints.name.clone(),
+            timeout,
+            run: run.to_owned(),
+            transactions: AtomicU64::new(0),
+        })
+    }
+
+    /// Commits a barrier record on every checkpoint partition: once the tail
+    /// has read it everywhere, it has read every checkpoint committed before.
+    pub fn commit_barrier(&self, id: &str, partitions: &[i32]) -> Result<(), KinesisError> {
+        self.producer.begin_transaction()?;
+        let (key, value) = barrier_record(id);
+        for &p in partitions {
+            self.send(BaseRecord::to(&self.checkpoint_topic).key(key.as_str()).payload(value.as_slice()).partition(p))?;
+        }
+        self.finish()
+    }
+
+    /// Writes `batches` and their checkpoints in one transaction. `previous`
+    /// supplies the sequence of a shard whose batch has no records.
+    pub fn commit(
+        &self,
+        batches: &[ShardBatch],
+        previous: &BTreeMap<String, Checkpoint>,
+    ) -> Result<Committed, KinesisError> {
+        self.producer.begin_transaction()?;
+        let txn = format!("{}:{}", self.run, self.transactions.fetch_add(1, Ordering::SeqCst) + 1);
+        let mut out = Committed::default();
+        let mut latest: BTreeMap<&str, Checkpoint> = BTreeMap::new();
+        let max_bytes = self.topology.spec().ingest.max_event_bytes;
+        let hash = self.topology.hash();
+        for batch in batches {
+            let (mut n, mut bytes) = (0u64, 0u64);
+            for r in &batch.records {
+                n += 1;
+                bytes += r.data.len() as u64;
+                let base = OwnedHeaders::new()
+                    .insert(Header { key: HEADER_TOPOLOGY_HASH, value: Some(hash) })
+                    .insert(Header { key: HEADER_KINESIS_SHARD, value: Some(&batch.shard) })
+                    .insert(Header { key: HEADER_KINESIS_SEQUENCE, value: Some(&r.sequence) })
+                    .insert(Header { key: HEADER_KINESIS_TXN, value: Some(&txn) });
+                let checked = if r.data.starts_with(&KPL_MAGIC) {
+                    Err(("kpl_aggregated", "KPL-aggregated records are not deaggregated; disable aggregation in the KPL".to_owned()))
+                } else {
+                    decode(&r.data, max_bytes)
+                        .and_then(|e| e.check_against(&self.topology, &e.shard_id).map(|()| e))
+                        .map_err(|e: DecodeError| (e.code(), e.to_string()))
+                };
+                match checked {
+                    Ok(event) => {
+                        let payload = event.encode();
+                        let headers = base
+                            .insert(Header { key: HEADER_SCHEMA, value: Some("game-event/v1") })
+                            .insert(Header { key: HEADER_SHARD, value: Some(&event.shard_id) });
+                        self.send(
+                            BaseRecord::to(&self.events_topic).key(event.claim_key()).payload(payload.as_slice()).headers(headers),
+                        )?;
+                    }
+                    Err((code, reason)) => {
+                        let kept = &r.data[..r.data.len().min(crate::kafka::MAX_DEAD_LETTER_BYTES)];
+                        let size = r.data.len().to_string();
+                        let mut headers = base
+                            .insert(Header { key: HEADER_SCHEMA, value: Some("dead-letter/v1") })
+                            .insert(Header { key: HEADER_STAGE, value: Some(STAGE) })
+                            .insert(Header { key: HEADER_REASON_CODE, value: Some(code) })
+                            .insert(Header { key: HEADER_REASON, value: Some(&reason) });
+                        if kept.len() < r.data.len() {
+                            headers = headers.insert(Header { key: HEADER_ORIGINAL_SIZE, value: Some(&size) });
+                        }
+                        self.send(
+                            BaseRecord::to(&self.dead_letter_topic).key(batch.shard.as_str()).payload(kept).headers(headers),
+                        )?;
+                        *out.dead_letters.entry(code).or_default() += 1;
+                    }
+                }
+            }
+            out.per_shard.push((batch.shard.clone(), n, bytes));
+            let prior = latest.get(batch.shard.as_str()).cloned().or_else(|| previous.get(&batch.shard).cloned());
+            let sequence = batch.records.last().map(|r| r.sequence.clone()).or(prior.and_then(|c| c.sequence));
+            latest.insert(
+                &batch.shard,
+                Checkpoint { stream: self.stream.clone(), shard: batch.shard.clone(), sequence, finished: batch.finished },
+            );
+        }
+        for cp in latest.into_values() {
+            let value = serde_json::to_vec(&cp).unwrap_or_default();
+            let key = Checkpoint::key(&cp.stream, &cp.shard);
+            self.send(BaseRecord::to(&self.checkpoint_topic).key(key.as_str()).payload(value.as_slice()))?;
+            out.checkpoints.push(cp);
+        }
+        self.finish()?;
+        Ok(out)
+    }
+
+    fn send(&self, mut record: BaseRecord<'_, str, [u8]>) -> Result<(), KinesisError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn finish(&self) -> Result<(), KinesisError> {
+        self.producer.commit_transaction(self.timeout)?;
+        if self.deliveries.failures.swap(0, Ordering::SeqCst) > 0 {
+            // commit_transaction fails on a failed delivery; this is a guard.
+            return Err(KinesisError::Delivery);
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction, if any.
+    pub fn abort(&self) -> Result<(), KinesisError> {
+        self.deliveries.failures.store(0, Ordering::SeqCst);
+        match self.producer.abort_transaction(self.timeout) {
+            Ok(()) => Ok(()),
+            // Nothing was begun (the failure came before begin_transaction).
+            Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Whether a failed commit can be retried after an abort, or ends the bridge
+/// (fenced by a newer instance with the same transactional id, or a fatal
+/// producer error).
+pub fn is_fatal(e: &KinesisError) -> bool {
+    match e {
+        KinesisError::Kafka(KafkaError::Transaction(t)) => t.is_fatal(),
+        KinesisError::Kafka(KafkaError::Global(RDKafkaErrorCode::Fatal)) => true,
+        _ => false,
+    }
+}
