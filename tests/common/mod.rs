@@ -3,6 +3,7 @@
 //! consumer that reads what was written.
 #![allow(dead_code)]
 
+pub mod kinesis;
 pub mod tansu;
 
 use std::sync::Arc;
