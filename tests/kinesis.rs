@@ -235,13 +235,35 @@ async fn polling_copies_twenty_thousand_records_exactly_once_and_the_pipeline_ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn enhanced_fan_out_over_tls_http2_keeps_per_shard_order_and_the_pipeline_verifies() {
+    aws_env();
     let kinesis = KinesisLocal::start();
-    // The SDK's rustls client trusts the emulator's test CA through the
-    // standard variable; over https it speaks HTTP/2 (SubscribeToShard's
-    // event stream).
-    std::env::set_var("SSL_CERT_FILE", &kinesis.ca_file);
-    let events = copy_and_verify(&kinesis.tls_url, "enhanced-fan-out").await;
+    let _ = CA_FILE.set(kinesis.ca_file.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let settings = kinesis_settings(&kinesis.plain_url, dir.path());
+    let stream = format!("hunt-{}", common::random_suffix());
+    let topology = topology(&stream, "enhanced-fan-out");
+    let cluster = Cluster::connect(&settings, &topology).unwrap();
+    cluster.ensure_topics(&topology, Duration::from_secs(30)).await.unwrap();
+    let client = huntflow::kinesis::connect(&settings).await;
+    create_stream(&client, &stream, 4).await;
+    write_files(dir.path(), &topology);
+
+    // The bridge process talks https to the emulator's TLS port (HTTP/2, as
+    // SubscribeToShard needs on AWS), trusting the test CA through the
+    // standard SSL_CERT_FILE; the test itself puts records over plain http.
+    let mut bridge = spawn_bridge(dir.path(), cluster.bootstrap(), &kinesis.tls_url, 0);
+    let put = put(&client, &topology, &stream, 20_000, 5).await;
+    wait_copied(&cluster, &topology, put, Duration::from_secs(300)).await;
+    stop_bridge(&mut bridge).await;
+    let log = std::fs::read_to_string(dir.path().join("bridge-0.log")).unwrap();
+    assert!(log.contains("registered the enhanced fan-out consumer"), "{log}");
+
+    let (events, dead) = copied(&cluster, &topology);
+    assert_exactly_once(&events, &dead, put);
     assert_per_shard_order(&events);
+    let shards: BTreeSet<&str> = events.iter().map(|c| c.shard.as_str()).collect();
+    assert_eq!(shards.len(), 4, "records from every shard");
+    pipeline_verifies(&settings, &cluster, &topology).await;
 }
 
 /// Shard ids with their hash-key ranges, straight from ListShards.
@@ -310,22 +332,38 @@ async fn a_split_and_a_merge_mid_run_lose_nothing_and_children_follow_their_pare
     let (events, dead) = copied(&cluster, &topology);
     assert_exactly_once(&events, &dead, total);
     assert_per_shard_order(&events);
-    let all: Vec<&Copied> = events.iter().chain(&dead).collect();
     for child in &children {
-        let child_records: Vec<&&Copied> = all.iter().filter(|c| c.shard == child.id).collect();
-        assert!(!child_records.is_empty(), "child {} received records", child.id);
-        for c in child_records {
-            for p in all.iter().filter(|p| p.partition == c.partition && child.parents.contains(&p.shard)) {
-                assert!(p.offset < c.offset, "parent {} record at {} after child {} record at {}", p.shard, p.offset, child.id, c.offset);
+        assert!(events.iter().any(|c| c.shard == child.id), "child {} received records", child.id);
+        // Offsets compare within one topic partition: events, then dead letters.
+        for topic in [&events, &dead] {
+            for c in topic.iter().filter(|c| c.shard == child.id) {
+                for p in topic.iter().filter(|p| p.partition == c.partition && child.parents.contains(&p.shard)) {
+                    assert!(
+                        p.offset < c.offset,
+                        "parent {} record at {} after child {} record at {} (partition {})",
+                        p.shard,
+                        p.offset,
+                        child.id,
+                        c.offset,
+                        c.partition
+                    );
+                }
             }
         }
     }
 }
 
+fn write_files(dir: &std::path::Path, topology: &Topology) {
+    std::fs::write(dir.join("topology.yaml"), serde_yaml::to_string(topology.spec()).unwrap()).unwrap();
+    std::fs::write(dir.join("settings.yaml"), "worker:\n  transaction_timeout_ms: 10000\n").unwrap();
+}
+
+/// `huntflow kinesis-bridge` as its own process; an https endpoint trusts the
+/// emulator's test CA (`ca.pem` next to the test's files).
 fn spawn_bridge(dir: &std::path::Path, bootstrap: &str, endpoint: &str, round: usize) -> tokio::process::Child {
     let log = std::fs::File::create(dir.join(format!("bridge-{round}.log"))).unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_huntflow"))
-        .args(["--brokers", bootstrap, "--topology"])
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_huntflow"));
+    cmd.args(["--brokers", bootstrap, "--topology"])
         .arg(dir.join("topology.yaml"))
         .arg("--config")
         .arg(dir.join("settings.yaml"))
@@ -334,11 +372,39 @@ fn spawn_bridge(dir: &std::path::Path, bootstrap: &str, endpoint: &str, round: u
         .env("HUNTFLOW_KINESIS_REGION", "us-east-1")
         .env("HUNTFLOW_METRICS_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info,librdkafka=off,rdkafka=off")
-        .stdout(std::process::Stdio::null())
+        .env("NO_COLOR", "1")
+        .stdout(log.try_clone().unwrap())
         .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("bridge process starts")
+        .kill_on_drop(true);
+    if endpoint.starts_with("https") {
+        cmd.env("SSL_CERT_FILE", CA_FILE.get().expect("the emulator's CA is known"));
+    }
+    cmd.spawn().expect("bridge process starts")
+}
+
+static CA_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Until every put record is in Kafka (events or dead letters).
+async fn wait_copied(cluster: &Cluster, topology: &Topology, total: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (events, dead) = copied(cluster, topology);
+        let distinct: BTreeSet<(&str, &str)> =
+            events.iter().chain(&dead).map(|c| (c.shard.as_str(), c.sequence.as_str())).collect();
+        if distinct.len() as u64 >= total {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {} of {total} records arrived", distinct.len());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// SIGTERM: the bridge commits what it read and exits 0.
+async fn stop_bridge(bridge: &mut tokio::process::Child) {
+    let pid = bridge.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), bridge.wait()).await.expect("stops in time").unwrap();
+    assert!(exit.success(), "SIGTERM drains and exits 0, got {exit}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -353,8 +419,7 @@ async fn a_sigkilled_bridge_resumes_from_its_checkpoints_without_loss_or_repeats
     cluster.ensure_topics(&topology, Duration::from_secs(30)).await.unwrap();
     let client = huntflow::kinesis::connect(&settings).await;
     create_stream(&client, &stream, 4).await;
-    std::fs::write(dir.path().join("topology.yaml"), serde_yaml::to_string(topology.spec()).unwrap()).unwrap();
-    std::fs::write(dir.path().join("settings.yaml"), "worker:\n  transaction_timeout_ms: 10000\n").unwrap();
+    write_files(dir.path(), &topology);
 
     let bootstrap = cluster.bootstrap().to_owned();
     let (c, t, s) = (client.clone(), topology.clone(), stream.clone());
@@ -375,22 +440,9 @@ async fn a_sigkilled_bridge_resumes_from_its_checkpoints_without_loss_or_repeats
     let total = putter.await.unwrap();
     assert!(kills >= 2, "the bridge was killed mid-stream");
 
-    // Wait until every record is in Kafka, then stop the last bridge cleanly.
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let (events, dead) = copied(&cluster, &topology);
-        let distinct: BTreeSet<(&str, &str)> =
-            events.iter().chain(&dead).map(|c| (c.shard.as_str(), c.sequence.as_str())).collect();
-        if distinct.len() as u64 >= total {
-            break;
-        }
-        assert!(Instant::now() < deadline, "only {} of {total} records arrived", distinct.len());
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    let pid = bridge.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let exit = tokio::time::timeout(Duration::from_secs(60), bridge.wait()).await.expect("stops in time").unwrap();
-    assert!(exit.success(), "SIGTERM drains and exits 0, got {exit}");
+    // Every record in Kafka, then the last bridge stops cleanly.
+    wait_copied(&cluster, &topology, total, Duration::from_secs(240)).await;
+    stop_bridge(&mut bridge).await;
 
     let (events, dead) = copied(&cluster, &topology);
     let runs: BTreeSet<&str> = events.iter().map(|c| c.txn.split(':').next().unwrap()).collect();

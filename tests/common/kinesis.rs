@@ -102,12 +102,7 @@ fn openssl(dir: &Path, args: &[&str]) {
         .stdin(Stdio::null())
         .output()
         .expect("the openssl CLI runs (install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 /// A CA, and a server certificate it signed that rustls/webpki accepts:
