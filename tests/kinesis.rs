@@ -71,8 +71,19 @@ async fn create_stream(client: &aws_sdk_kinesis::Client, stream: &str, shards: i
 
 /// Simulated shard traffic (duplicates, malformed, late) put on the stream.
 async fn put(client: &aws_sdk_kinesis::Client, topology: &Topology, stream: &str, events: u64, seed: u64) -> u64 {
+    put_at(client, topology, stream, events, seed, None).await
+}
+
+async fn put_at(
+    client: &aws_sdk_kinesis::Client,
+    topology: &Topology,
+    stream: &str,
+    events: u64,
+    seed: u64,
+    rate: Option<f64>,
+) -> u64 {
     let shape = TrafficShape { seed, event_interval_ms: 200, ..Default::default() };
-    let opts = SimulateOptions { events: Some(events), shards: 8, shape, ..Default::default() };
+    let opts = SimulateOptions { events: Some(events), shards: 8, shape, rate, batch_size: 100, ..Default::default() };
     let target = Target::Kinesis { client: client.clone(), stream: stream.into() };
     let report = simulate::run(topology, target, opts, CancellationToken::new()).await.unwrap();
     assert_eq!(report.accepted, events, "the emulator accepted every record");
@@ -423,22 +434,30 @@ async fn a_sigkilled_bridge_resumes_from_its_checkpoints_without_loss_or_repeats
 
     let bootstrap = cluster.bootstrap().to_owned();
     let (c, t, s) = (client.clone(), topology.clone(), stream.clone());
-    let putter = tokio::spawn(async move { put(&c, &t, &s, 20_000, 3).await });
+    // 20k records over ~20 s, so the kills land while records flow.
+    let putter = tokio::spawn(async move { put_at(&c, &t, &s, 20_000, 3, Some(1_000.0)).await });
     let mut bridge = spawn_bridge(dir.path(), &bootstrap, &kinesis.plain_url, 0);
-    let mut kills = 0;
-    for round in 1..=4 {
-        tokio::time::sleep(Duration::from_millis(2_500 + 700 * round as u64)).await;
+    let count = || {
         let (events, dead) = copied(&cluster, &topology);
-        if putter.is_finished() && round > 2 && events.len() + dead.len() >= 20_000 {
-            break;
+        events.len() + dead.len()
+    };
+    let mut kills = 0;
+    let mut before = 0;
+    while kills < 3 {
+        // Kill only once this run has committed something of its own.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count() <= before {
+            assert!(Instant::now() < deadline, "bridge run {kills} wrote nothing");
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
+        tokio::time::sleep(Duration::from_millis(200 + 400 * kills as u64)).await;
         bridge.start_kill().unwrap();
         bridge.wait().await.unwrap();
         kills += 1;
-        bridge = spawn_bridge(dir.path(), &bootstrap, &kinesis.plain_url, round);
+        before = count();
+        bridge = spawn_bridge(dir.path(), &bootstrap, &kinesis.plain_url, kills);
     }
     let total = putter.await.unwrap();
-    assert!(kills >= 2, "the bridge was killed mid-stream");
 
     // Every record in Kafka, then the last bridge stops cleanly.
     wait_copied(&cluster, &topology, total, Duration::from_secs(240)).await;
