@@ -293,7 +293,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::KinesisBridge { instance, instances } => {
             let report =
-                huntflow::run::kinesis_bridge(load()?, instance, instances, huntflow::signals::shutdown_token()).await?;
+                huntflow::run::kinesis_bridge(load()?, instance, instances, huntflow::signals::shutdown_token())
+                    .await?;
             let finished = report.checkpoints.values().filter(|c| c.finished).count();
             println!(
                 "kinesis bridge {instance}/{instances} stopped: {} records ({} bytes), {} dead letters, {} commits, {} aborts, {} shards checkpointed ({finished} finished)",

@@ -72,7 +72,12 @@ fn sum(registry: &Registry, name: &str) -> f64 {
         .gather()
         .iter()
         .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value() + m.get_histogram().get_sample_sum()).collect::<Vec<_>>())
+        .flat_map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value() + m.get_histogram().get_sample_sum())
+                .collect::<Vec<_>>()
+        })
         .sum()
 }
 

@@ -130,8 +130,9 @@ pub async fn run_bridge(
             tail.view.clone(),
             (opts.instance, opts.instances),
         ));
-        let outcome = commit_loop(&writer, &spec, rx, &mut committed, &committed_tx, &metrics, &mut report, &cancel, &epoch)
-            .await;
+        let outcome =
+            commit_loop(&writer, &spec, rx, &mut committed, &committed_tx, &metrics, &mut report, &cancel, &epoch)
+                .await;
         epoch.cancel();
         let _ = scheduler.await;
         match outcome {
@@ -273,7 +274,8 @@ async fn schedule(
         let own = committed.borrow_and_update().clone();
         let mut finished: BTreeSet<String> = own.values().filter(|c| c.finished).map(|c| c.shard.clone()).collect();
         // Other instances' parents: their committed checkpoints.
-        finished.extend(tail.borrow_and_update().of_stream(&stream).into_values().filter(|c| c.finished).map(|c| c.shard));
+        finished
+            .extend(tail.borrow_and_update().of_stream(&stream).into_values().filter(|c| c.finished).map(|c| c.shard));
         if finished.len() > known_finished {
             // A shard just finished: its children may be new to the listing.
             known_finished = finished.len();

@@ -158,7 +158,8 @@ mod tests {
     fn checkpoints_are_filtered_by_stream() {
         let mut v = TailView::default();
         for (stream, shard) in [("a", "s0"), ("b", "s0"), ("a", "s1")] {
-            let cp = Checkpoint { stream: stream.into(), shard: shard.into(), sequence: Some("1".into()), finished: false };
+            let cp =
+                Checkpoint { stream: stream.into(), shard: shard.into(), sequence: Some("1".into()), finished: false };
             v.checkpoints.insert(Checkpoint::key(stream, shard), cp);
         }
         assert_eq!(v.of_stream("a").keys().collect::<Vec<_>>(), vec!["s0", "s1"]);

@@ -17,8 +17,8 @@ use super::reader::ShardBatch;
 use super::KinesisError;
 use crate::event::{decode, DecodeError};
 use crate::kafka::{
-    HEADER_KINESIS_SEQUENCE, HEADER_KINESIS_SHARD, HEADER_KINESIS_TXN, HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_REASON_CODE, HEADER_SCHEMA,
-    HEADER_SHARD, HEADER_STAGE, HEADER_TOPOLOGY_HASH,
+    HEADER_KINESIS_SEQUENCE, HEADER_KINESIS_SHARD, HEADER_KINESIS_TXN, HEADER_ORIGINAL_SIZE, HEADER_REASON,
+    HEADER_REASON_CODE, HEADER_SCHEMA, HEADER_SHARD, HEADER_STAGE, HEADER_TOPOLOGY_HASH,
 };
 use crate::topology::Topology;
 
@@ -158,7 +158,10 @@ impl TxnWriter {
                     .insert(Header { key: HEADER_KINESIS_SEQUENCE, value: Some(&r.sequence) })
                     .insert(Header { key: HEADER_KINESIS_TXN, value: Some(&txn) });
                 let checked = if r.data.starts_with(&KPL_MAGIC) {
-                    Err(("kpl_aggregated", "KPL-aggregated records are not deaggregated; disable aggregation in the KPL".to_owned()))
+                    Err((
+                        "kpl_aggregated",
+                        "KPL-aggregated records are not deaggregated; disable aggregation in the KPL".to_owned(),
+                    ))
                 } else {
                     decode(&r.data, max_bytes)
                         .and_then(|e| e.check_against(&self.topology, &e.shard_id).map(|()| e))
@@ -171,7 +174,10 @@ impl TxnWriter {
                             .insert(Header { key: HEADER_SCHEMA, value: Some("game-event/v1") })
                             .insert(Header { key: HEADER_SHARD, value: Some(&event.shard_id) });
                         self.send(
-                            BaseRecord::to(&self.events_topic).key(event.claim_key()).payload(payload.as_slice()).headers(headers),
+                            BaseRecord::to(&self.events_topic)
+                                .key(event.claim_key())
+                                .payload(payload.as_slice())
+                                .headers(headers),
                         )?;
                     }
                     Err((code, reason)) => {
@@ -186,7 +192,10 @@ impl TxnWriter {
                             headers = headers.insert(Header { key: HEADER_ORIGINAL_SIZE, value: Some(&size) });
                         }
                         self.send(
-                            BaseRecord::to(&self.dead_letter_topic).key(batch.shard.as_str()).payload(kept).headers(headers),
+                            BaseRecord::to(&self.dead_letter_topic)
+                                .key(batch.shard.as_str())
+                                .payload(kept)
+                                .headers(headers),
                         )?;
                         *out.dead_letters.entry(code).or_default() += 1;
                     }
@@ -197,7 +206,12 @@ impl TxnWriter {
             let sequence = batch.records.last().map(|r| r.sequence.clone()).or(prior.and_then(|c| c.sequence));
             latest.insert(
                 &batch.shard,
-                Checkpoint { stream: self.stream.clone(), shard: batch.shard.clone(), sequence, finished: batch.finished },
+                Checkpoint {
+                    stream: self.stream.clone(),
+                    shard: batch.shard.clone(),
+                    sequence,
+                    finished: batch.finished,
+                },
             );
         }
         for cp in latest.into_values() {
@@ -224,7 +238,20 @@ impl TxnWriter {
     }
 
     fn finish(&self) -> Result<(), KinesisError> {
-        self.producer.commit_transaction(self.timeout)?;
+        // A retriable failure (e.g. a timeout) leaves the outcome unknown:
+        // retrying the commit is safe, aborting could drop a committed batch
+        // from our view and write it twice.
+        let mut attempt = 0;
+        loop {
+            match self.producer.commit_transaction(self.timeout) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "commit_transaction failed; retrying");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         if self.deliveries.failures.swap(0, Ordering::SeqCst) > 0 {
             // commit_transaction fails on a failed delivery; this is a guard.
             return Err(KinesisError::Delivery);

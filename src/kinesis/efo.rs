@@ -76,7 +76,9 @@ pub async fn read_shard(
             return Ok(());
         }
         let position = match &last {
-            Some(seq) => StartingPosition::builder().r#type(ShardIteratorType::AfterSequenceNumber).sequence_number(seq),
+            Some(seq) => {
+                StartingPosition::builder().r#type(ShardIteratorType::AfterSequenceNumber).sequence_number(seq)
+            }
             None => StartingPosition::builder().r#type(ShardIteratorType::TrimHorizon),
         }
         .build()
@@ -147,7 +149,10 @@ pub async fn read_shard(
                         last_record_at = Instant::now();
                         match probe(&ctx, &shard, last.as_deref()).await {
                             Probe::Finished => {
-                                if !ctx.deliver(ShardBatch { shard: shard.clone(), records: Vec::new(), finished: true }).await {
+                                if !ctx
+                                    .deliver(ShardBatch { shard: shard.clone(), records: Vec::new(), finished: true })
+                                    .await
+                                {
                                     break Ended::Stopped;
                                 }
                                 break Ended::Finished;

@@ -189,10 +189,16 @@ fn check_kinesis(spec: &TopologySpec, p: &mut Problems) {
     };
     // Stream names: 1..=128 of [a-zA-Z0-9_.-] (Kinesis API reference).
     if !is_kinesis_name(&k.stream) {
-        p.push("source.kinesis.stream", format!("`{}` is not a Kinesis stream name ([a-zA-Z0-9_.-], 1..=128)", k.stream));
+        p.push(
+            "source.kinesis.stream",
+            format!("`{}` is not a Kinesis stream name ([a-zA-Z0-9_.-], 1..=128)", k.stream),
+        );
     }
     if k.mode == KinesisMode::EnhancedFanOut && !is_kinesis_name(&k.consumer_name) {
-        p.push("source.kinesis.consumer_name", format!("`{}` is not a consumer name ([a-zA-Z0-9_.-], 1..=128)", k.consumer_name));
+        p.push(
+            "source.kinesis.consumer_name",
+            format!("`{}` is not a consumer name ([a-zA-Z0-9_.-], 1..=128)", k.consumer_name),
+        );
     }
     if !is_topic_name(&k.checkpoints.name) {
         p.push("source.kinesis.checkpoints.name", format!("`{}` is not a valid topic name", k.checkpoints.name));
@@ -222,5 +228,7 @@ fn check_kinesis(spec: &TopologySpec, p: &mut Problems) {
 }
 
 fn is_kinesis_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
