@@ -368,7 +368,7 @@ impl Settings {
             })
             .collect();
         format!(
-            "brokers: {}\nkafka: {:?}\ntopology: {}\nstate_dir: {}\ningest: {:?}\nquery.listen: {}\nshard_tokens: {} shard(s) <redacted>\n",
+            "brokers: {}\nkafka: {:?}\ntopology: {}\nstate_dir: {}\ningest: {:?}\nquery.listen: {}\nshard_tokens: {} shard(s) <redacted>\nkinesis: endpoint {}, region {}\n",
             self.brokers.as_deref().unwrap_or("<embedded mock cluster>"),
             kafka,
             self.topology.display(),
@@ -376,6 +376,8 @@ impl Settings {
             self.ingest,
             self.query_listen,
             self.shard_tokens.len(),
+            self.kinesis_endpoint.as_deref().unwrap_or("<AWS default>"),
+            self.kinesis_region.as_deref().unwrap_or("<AWS chain>"),
         )
     }
 }

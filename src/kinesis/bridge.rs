@@ -302,8 +302,10 @@ async fn schedule(
         let next_listing = if plan.waiting.is_empty() { refresh } else { refresh.min(Duration::from_millis(500)) };
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
-            _ = committed.changed() => {}
-            _ = tail.changed() => {}
+            // A dropped sender (tail thread gone) disables its branch
+            // instead of waking this loop forever.
+            Ok(()) = committed.changed() => {}
+            Ok(()) = tail.changed() => {}
             _ = tokio::time::sleep(next_listing) => { last_listing = None; }
             Some(done) = readers.join_next(), if !readers.is_empty() => {
                 if let Ok(Err(e)) = done {
