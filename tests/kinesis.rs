@@ -69,6 +69,31 @@ async fn create_stream(client: &aws_sdk_kinesis::Client, stream: &str, shards: i
     wait_active(client, stream).await;
 }
 
+/// A fresh stream of 4 shards on `endpoint`, the embedded broker with the
+/// topology's topics (checkpoints included), and a client for the test.
+struct Setup {
+    dir: tempfile::TempDir,
+    settings: Settings,
+    stream: String,
+    topology: Topology,
+    cluster: Cluster,
+    client: aws_sdk_kinesis::Client,
+}
+
+impl Setup {
+    async fn new(endpoint: &str, mode: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = kinesis_settings(endpoint, dir.path());
+        let stream = format!("hunt-{}", common::random_suffix());
+        let topology = topology(&stream, mode);
+        let cluster = Cluster::connect(&settings, &topology).unwrap();
+        cluster.ensure_topics(&topology, Duration::from_secs(30)).await.unwrap();
+        let client = huntflow::kinesis::connect(&settings).await;
+        create_stream(&client, &stream, 4).await;
+        Self { dir, settings, stream, topology, cluster, client }
+    }
+}
+
 /// Simulated shard traffic (duplicates, malformed, late) put on the stream.
 async fn put(client: &aws_sdk_kinesis::Client, topology: &Topology, stream: &str, events: u64, seed: u64) -> u64 {
     put_at(client, topology, stream, events, seed, None).await
@@ -230,14 +255,7 @@ async fn pipeline_verifies(settings: &Settings, cluster: &Cluster, topology: &To
 
 async fn copy_and_verify(kinesis_endpoint: &str, mode: &str) -> Vec<Copied> {
     aws_env();
-    let dir = tempfile::tempdir().unwrap();
-    let settings = kinesis_settings(kinesis_endpoint, dir.path());
-    let stream = format!("hunt-{}", common::random_suffix());
-    let topology = topology(&stream, mode);
-    let cluster = Cluster::connect(&settings, &topology).unwrap();
-    cluster.ensure_topics(&topology, Duration::from_secs(30)).await.unwrap();
-    let client = huntflow::kinesis::connect(&settings).await;
-    create_stream(&client, &stream, 4).await;
+    let Setup { dir: _dir, settings, stream, topology, cluster, client } = Setup::new(kinesis_endpoint, mode).await;
 
     let bridge = Bridge::start(&settings, &cluster, &topology).await;
     let put = put(&client, &topology, &stream, 20_000, 7).await;
@@ -265,14 +283,8 @@ async fn enhanced_fan_out_over_tls_http2_keeps_per_shard_order_and_the_pipeline_
     aws_env();
     let kinesis = KinesisLocal::start();
     let _ = CA_FILE.set(kinesis.ca_file.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let settings = kinesis_settings(&kinesis.plain_url, dir.path());
-    let stream = format!("hunt-{}", common::random_suffix());
-    let topology = topology(&stream, "enhanced-fan-out");
-    let cluster = Cluster::connect(&settings, &topology).unwrap();
-    cluster.ensure_topics(&topology, Duration::from_secs(30)).await.unwrap();
-    let client = huntflow::kinesis::connect(&settings).await;
-    create_stream(&client, &stream, 4).await;
+    let Setup { dir, settings, stream, topology, cluster, client } =
+        Setup::new(&kinesis.plain_url, "enhanced-fan-out").await;
     write_files(dir.path(), &topology);
 
     // The bridge process talks https to the emulator's TLS port (HTTP/2, as
@@ -331,14 +343,7 @@ async fn enhanced_fan_out_reads_children_after_parents_across_a_split_and_a_merg
 async fn split_and_merge(mode: &str, instances: u32) {
     aws_env();
     let kinesis = KinesisLocal::start();
-    let dir = tempfile::tempdir().unwrap();
-    let settings = kinesis_settings(&kinesis.plain_url, dir.path());
-    let stream = format!("hunt-{}", common::random_suffix());
-    let topology = topology(&stream, mode);
-    let cluster = Cluster::connect(&settings, &topology).unwrap();
-    cluster.ensure_topics(&topology, Duration::from_secs(30)).await.unwrap();
-    let client = huntflow::kinesis::connect(&settings).await;
-    create_stream(&client, &stream, 4).await;
+    let Setup { dir: _dir, settings, stream, topology, cluster, client } = Setup::new(&kinesis.plain_url, mode).await;
 
     let mut bridges = Vec::new();
     for i in 0..instances {
@@ -485,14 +490,7 @@ async fn stop_bridge(bridge: &mut tokio::process::Child) {
 async fn a_sigkilled_bridge_resumes_from_its_checkpoints_without_loss_or_repeats() {
     aws_env();
     let kinesis = KinesisLocal::start();
-    let dir = tempfile::tempdir().unwrap();
-    let settings = kinesis_settings(&kinesis.plain_url, dir.path());
-    let stream = format!("hunt-{}", common::random_suffix());
-    let topology = topology(&stream, "polling");
-    let cluster = Cluster::connect(&settings, &topology).unwrap();
-    cluster.ensure_topics(&topology, Duration::from_secs(30)).await.unwrap();
-    let client = huntflow::kinesis::connect(&settings).await;
-    create_stream(&client, &stream, 4).await;
+    let Setup { dir, settings: _, stream, topology, cluster, client } = Setup::new(&kinesis.plain_url, "polling").await;
     write_files(dir.path(), &topology);
 
     let bootstrap = cluster.bootstrap().to_owned();

@@ -164,3 +164,28 @@ impl Cluster {
         self.embedded.as_ref()
     }
 }
+
+/// `init_transactions`, fencing any predecessor with the same
+/// transactional.id. Its transaction may still be open (a restarted pod, or a
+/// zombie being fenced): the broker answers CONCURRENT_TRANSACTIONS or times
+/// out until it has aborted it, so retry for a while. Blocks the thread.
+pub fn init_transactions<C: rdkafka::producer::ProducerContext>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+    timeout: Duration,
+) -> Result<(), rdkafka::error::KafkaError> {
+    use rdkafka::error::KafkaError as E;
+    use rdkafka::producer::Producer;
+    let mut attempt = 0;
+    loop {
+        match producer.init_transactions(timeout) {
+            Ok(()) => return Ok(()),
+            Err(E::Transaction(e)) if e.is_fatal() => return Err(E::Transaction(e)),
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "init_transactions failed; retrying");
+                std::thread::sleep(Duration::from_millis(500 * attempt));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -92,21 +92,7 @@ impl TxnWriter {
             .set("partitioner", "murmur2_random")
             .set("transaction.timeout.ms", timeout.as_millis().max(1000).to_string())
             .create_with_context(DeliveryContext(deliveries.clone()))?;
-        // A killed predecessor's transaction may still be open: the broker
-        // answers CONCURRENT_TRANSACTIONS until it has aborted it.
-        let mut attempt = 0;
-        loop {
-            match producer.init_transactions(timeout) {
-                Ok(()) => break,
-                Err(KafkaError::Transaction(e)) if e.is_fatal() => return Err(KafkaError::Transaction(e).into()),
-                Err(e) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "init_transactions failed; retrying");
-                    std::thread::sleep(Duration::from_millis(500 * attempt));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        crate::kafka::init_transactions(&producer, timeout)?;
         let spec = topology.spec();
         let kinesis = spec.source.kinesis.as_ref().ok_or(KinesisError::NotConfigured)?;
         Ok(Self {

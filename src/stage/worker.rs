@@ -494,22 +494,7 @@ fn worker_thread<L: StageLogic>(
         .set("partitioner", "murmur2_random")
         .set("transaction.timeout.ms", cfg.transaction_timeout.as_millis().max(1000).to_string())
         .create_with_context(DeliveryContext(deliveries.clone()))?;
-    // A predecessor's transaction may still be open (a restarted pod, or a
-    // zombie being fenced): the broker answers CONCURRENT_TRANSACTIONS or
-    // times out until it has aborted it, so retry for a while.
-    let mut attempt = 0;
-    loop {
-        match producer.init_transactions(cfg.transaction_timeout) {
-            Ok(()) => break,
-            Err(KafkaError::Transaction(e)) if e.is_fatal() => return Err(KafkaError::Transaction(e).into()),
-            Err(e) if attempt < 5 => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "init_transactions failed; retrying");
-                std::thread::sleep(Duration::from_millis(500 * attempt));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    crate::kafka::init_transactions(&producer, cfg.transaction_timeout)?;
     let engine = Arc::new(Mutex::new(Engine {
         logic,
         store,
