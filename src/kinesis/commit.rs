@@ -216,7 +216,7 @@ impl TxnWriter {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(10));
+                    self.producer.poll(Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(e.into()),
             }

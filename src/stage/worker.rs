@@ -265,7 +265,7 @@ impl<L: StageLogic> Engine<L> {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(10));
+                    self.producer.poll(Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(e.into()),
             }
@@ -388,7 +388,7 @@ impl<L: StageLogic> Engine<L> {
             let mut state = PartitionState { store: &self.store, partition: *p, pending };
             self.logic.before_commit(&mut state)?;
         }
-        self.producer.flush(timeout)?;
+        crate::kafka::flush(&self.producer, timeout)?;
         if self.deliveries.failures.load(Ordering::SeqCst) > 0 {
             return Err(StageError::Fatal("an output was not acknowledged".into()));
         }
@@ -398,7 +398,7 @@ impl<L: StageLogic> Engine<L> {
                 self.send(&self.cfg.changelog_topic, k, v.as_deref(), Some(*p), headers)?;
             }
         }
-        self.producer.flush(timeout)?;
+        crate::kafka::flush(&self.producer, timeout)?;
         if self.deliveries.failures.load(Ordering::SeqCst) > 0 {
             return Err(StageError::Fatal("a changelog record was not acknowledged".into()));
         }
