@@ -137,32 +137,54 @@ async fn state_built_with_another_reward_table_is_refused_unless_allowed() {
     for r in producer.send_events(&[event(1, "a")]).await {
         r.unwrap();
     }
-    let run = |topology: huntflow::topology::Topology, allow: bool, settle: Duration| {
+    let start = |topology: huntflow::topology::Topology, allow: bool| {
         let mut cfg =
             huntflow::pipeline::worker_config(huntflow::pipeline::StageKind::Claim, &settings, &cluster, &topology, 0);
         cfg.allow_topology_change = allow;
-        let cancel = CancellationToken::new();
+        let (cancel, registry) = (CancellationToken::new(), Registry::new());
+        let metrics = WorkerMetrics::new(&registry);
         let worker = tokio::spawn({
             let (cancel, logic) = (cancel.clone(), ClaimStage::new(&topology));
-            async move { run_worker(cfg, logic, WorkerMetrics::new(&Registry::new()), cancel).await }
+            async move { run_worker(cfg, logic, metrics, cancel).await }
         });
-        async move {
-            tokio::time::sleep(settle).await;
-            cancel.cancel();
-            worker.await.unwrap()
+        (worker, cancel, registry)
+    };
+    // Waits until the worker counted `at_least` of metric `name` (read to a
+    // known state, not slept for).
+    let reached = |registry: &Registry, name: &str, at_least: f64| {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()).collect::<Vec<_>>())
+            .sum::<f64>()
+            >= at_least
+    };
+    let wait_for = |registry: Registry, name: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reached(&registry, name, 1.0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     // First run: state (and its topology record) committed.
-    let first = run(topology.clone(), false, Duration::from_secs(8)).await.unwrap();
-    assert!(first.commits >= 1, "{first:?}");
+    let (worker, cancel, registry) = start(topology.clone(), false);
+    wait_for(registry, "huntflow_stage_transactions_total").await;
+    cancel.cancel();
+    assert!(worker.await.unwrap().unwrap().commits >= 1);
 
     // The gold tier pays differently now: the old standings must not be reused.
     let mut spec = topology.spec().clone();
     let gold = spec.hunts[0].tiers.iter_mut().find(|t| t.name == "gold").unwrap();
     gold.chest_reward += 1;
     let changed = huntflow::topology::Topology::from_spec(spec).unwrap();
-    let err = run(changed.clone(), false, Duration::from_secs(8)).await.unwrap_err().to_string();
+    let (worker, _cancel, _) = start(changed.clone(), false);
+    let err = tokio::time::timeout(Duration::from_secs(90), worker).await.expect("stops by itself").unwrap();
+    let err = err.unwrap_err().to_string();
     assert!(err.contains("winter-2026/gold changed"), "{err}");
     assert!(err.contains("--allow-topology-change"), "{err}");
-    run(changed, true, Duration::from_secs(5)).await.expect("allowed explicitly");
+
+    let (worker, cancel, registry) = start(changed, true);
+    wait_for(registry, "huntflow_stage_rebalances_total").await;
+    cancel.cancel();
+    worker.await.unwrap().expect("allowed explicitly");
 }

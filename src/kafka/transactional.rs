@@ -176,7 +176,13 @@ impl TxnProducer {
         }
     }
 
+    /// Aborts: drops what is still queued, serves the delivery reports of
+    /// the dropped records (librdkafka refuses to abort while they are
+    /// unpolled), then aborts the transaction on the broker.
     pub fn abort(&self, timeout: Duration) -> Result<(), KafkaError> {
+        use rdkafka::producer::PurgeConfig;
+        self.inner.purge(PurgeConfig::default().queue().inflight());
+        let _ = super::flush(&self.inner, timeout);
         self.deliveries.reset();
         match self.inner.abort_transaction(timeout) {
             Ok(()) => Ok(()),
