@@ -119,8 +119,9 @@ async fn a_record_the_stage_cannot_process_is_dead_lettered_and_its_partition_ke
     // with the position.
     let changelog =
         read_topic(cluster.bootstrap(), &format!("{}claim", t.changelog_prefix), usize::MAX, Duration::from_secs(3))
-        .await;
-    let keys: Vec<&[u8]> = changelog.iter().filter(|m| m.partition() == 0).map(|m| m.key().unwrap_or_default()).collect();
+            .await;
+    let keys: Vec<&[u8]> =
+        changelog.iter().filter(|m| m.partition() == 0).map(|m| m.key().unwrap_or_default()).collect();
     assert!(keys.first().is_some_and(|k| !k.starts_with(b"\0")), "state first");
     assert!(keys.last().is_some_and(|k| k.starts_with(b"\0")), "position last");
 

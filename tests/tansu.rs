@@ -77,7 +77,6 @@ async fn pipeline_on_tansu_verifies_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "flaky (about 1 run in 3): the zombie is always fenced, but the replacement claim worker sometimes processes nothing; not yet diagnosed"]
 async fn a_restarted_instance_fences_its_zombie_and_results_stay_exact() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();

@@ -160,6 +160,11 @@ fn worker_thread<L: StageLogic>(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
+        // Static membership: a restarted instance takes over its own member
+        // (no rebalance of everyone else), and a fenced zombie that leaves
+        // cannot strand its replacement (Tansu keeps a departed leader of a
+        // re-forming group; see tests/tansu.rs).
+        .set("group.instance.id", &cfg.transactional_id)
         .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
         .set("heartbeat.interval.ms", (cfg.session_timeout.as_millis() / 4).max(100).to_string())
         .create_with_context(StageContext { engine: engine.clone() })?;
