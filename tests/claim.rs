@@ -331,9 +331,9 @@ async fn a_second_copy_with_different_content_is_dead_lettered_as_a_conflicting_
     let payloads: BTreeSet<Vec<u8>> = conflicts.iter().map(|m| m.payload().unwrap().to_vec()).collect();
     assert_eq!(payloads, BTreeSet::from([more_points.encode(), other_player.encode()]), "kept verbatim");
     for m in conflicts {
-        let reason = header_str(m, huntflow::kafka::HEADER_REASON).unwrap();
+        let reason = header_str(*m, huntflow::kafka::HEADER_REASON).unwrap();
         assert!(reason.contains(&id) && reason.contains("different content"), "{reason}");
-        assert_eq!(header_str(m, huntflow::kafka::HEADER_STAGE).as_deref(), Some("claim"));
+        assert_eq!(header_str(*m, huntflow::kafka::HEADER_STAGE).as_deref(), Some("claim"));
     }
     assert_eq!(verify_claim_rows(&cluster, &topology).await, Vec::<String>::new());
 }

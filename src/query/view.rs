@@ -30,8 +30,6 @@ struct TierView {
     watermark: Option<i64>,
     /// Held window boards: start -> end.
     windows: BTreeMap<i64, i64>,
-    /// Highest window start dropped; older snapshots are ignored.
-    dropped_through: Option<i64>,
 }
 
 impl Boards {
@@ -48,7 +46,8 @@ impl Boards {
     }
 
     /// Keeps `snap` unless a snapshot with a higher or equal version is held
-    /// or its window was dropped (or is past retention already).
+    /// or its window is past retention (the tier's watermark only grows, so a
+    /// dropped window stays dropped, whatever order partitions are read in).
     pub fn offer(&self, snap: Snapshot) {
         let Ok(mut view) = self.inner.write() else { return };
         let tier_key = format!("{}/{}", snap.hunt_id, snap.tier);
@@ -58,8 +57,7 @@ impl Boards {
         }
         if let Some(start) = snap.window_start {
             let end = snap.window_end.unwrap_or(start);
-            if tier.dropped_through.is_some_and(|d| start <= d) || self.expired(tier.watermark, end) {
-                tier.dropped_through = Some(tier.dropped_through.map_or(start, |d| d.max(start)));
+            if self.expired(tier.watermark, end) {
                 return;
             }
             tier.windows.insert(start, end);
@@ -72,15 +70,16 @@ impl Boards {
     }
 
     /// A tombstone (null value) for `key` = `<hunt>/<tier>/<board>`: the
-    /// board is gone from the compacted topic, so from the view too.
+    /// board is gone from the compacted topic, so from the view too. (Its
+    /// snapshots precede it in the same partition, so none comes after.)
     pub fn tombstone(&self, key: &str) {
         let Ok(mut view) = self.inner.write() else { return };
         view.boards.remove(key);
         let Some((tier_key, board)) = key.rsplit_once('/') else { return };
         let Ok(start) = board.parse::<i64>() else { return };
-        let tier = view.tiers.entry(tier_key.to_owned()).or_default();
-        tier.windows.remove(&start);
-        tier.dropped_through = Some(tier.dropped_through.map_or(start, |d| d.max(start)));
+        if let Some(tier) = view.tiers.get_mut(tier_key) {
+            tier.windows.remove(&start);
+        }
     }
 
     fn expired(&self, watermark: Option<i64>, window_end: i64) -> bool {
@@ -94,7 +93,6 @@ impl Boards {
             tier.windows.iter().filter(|(_, end)| self.expired(tier.watermark, **end)).map(|(s, _)| *s).collect();
         for start in expired {
             tier.windows.remove(&start);
-            tier.dropped_through = Some(tier.dropped_through.map_or(start, |d| d.max(start)));
             view.boards.remove(&format!("{tier_key}/{start}"));
         }
     }
@@ -168,13 +166,16 @@ mod tests {
     }
 
     #[test]
-    fn a_tombstone_removes_its_board_for_good() {
+    fn a_tombstone_removes_only_its_own_board() {
         let boards = Boards::new(&topology(), Duration::from_secs(3_600));
         boards.offer(snap("gold", Some(MIN), 3, 2 * MIN + 10_000));
         boards.tombstone(&format!("winter-2026/gold/{MIN}"));
-        assert!(boards.get("winter-2026", "gold", &MIN.to_string()).is_none());
-        boards.offer(snap("gold", Some(MIN), 3, 2 * MIN + 10_000));
+        boards.tombstone("winter-2026/gold/not-a-window");
         assert!(boards.get("winter-2026", "gold", &MIN.to_string()).is_none());
         assert!(boards.is_empty());
+        // Partitions are read in any order: an older window's snapshot read
+        // after a newer window's tombstone is still kept within retention.
+        boards.offer(snap("gold", Some(0), 1, MIN + 10_000));
+        assert!(boards.get("winter-2026", "gold", "0").is_some());
     }
 }
