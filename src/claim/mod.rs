@@ -88,7 +88,7 @@ fn dead_letter(input: &Input<'_>, code: &'static str, reason: String) -> Output 
 }
 
 fn rejected(outcome: &'static str, output: Output) -> Processed {
-    Processed { outcome, outputs: vec![output] }
+    Processed::new(outcome, vec![output])
 }
 
 impl ClaimStage {
@@ -134,7 +134,7 @@ impl ClaimStage {
                         );
                         rejected("conflicting_duplicate", dead_letter(input, CONFLICTING_DUPLICATE, reason))
                     }
-                    _ => Processed { outcome: "duplicate", outputs: vec![] },
+                    _ => Processed::new("duplicate", vec![]),
                 }));
             }
         }
@@ -192,7 +192,7 @@ impl StageLogic for ClaimStage {
             partition: None,
             headers: vec![(HEADER_SCHEMA, "game-event/v1".into())],
         };
-        Ok(Processed { outcome: "accepted", outputs: vec![out] })
+        Ok(Processed::new("accepted", vec![out]))
     }
 
     fn before_commit(&mut self, state: &mut PartitionState<'_>) -> Result<(), StageError> {

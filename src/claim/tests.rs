@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::pipeline::{time_config, StageKind};
 use crate::stage::testing::LogicHarness;
 use crate::topology::TopologySpec;
 use crate::verify::reference;
@@ -38,7 +39,7 @@ fn event(shard: &str, id: &str, hunt: &str, chest: Option<&str>, points: u64, ti
 
 /// Feeds every event to partition 0; returns (outcome, reason code) each.
 fn run_stage(topology: &Topology, events: &[GameEvent], commit_every: usize) -> Vec<(String, Option<String>)> {
-    let mut h = LogicHarness::new(ClaimStage::new(topology));
+    let mut h = LogicHarness::new(ClaimStage::new(topology), time_config(StageKind::Claim, topology));
     let mut out = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let p = h.feed(0, e.claim_key().as_bytes(), &e.encode());
@@ -95,7 +96,7 @@ fn a_reused_event_id_with_other_content_is_dead_lettered_and_the_first_copy_coun
     let t = two_hunts(86_400_000);
     let first = event("shard-0", "e-1", "winter-2026", None, 10, 1_000);
     let changed = GameEvent { points: 999, ..first.clone() };
-    let mut h = LogicHarness::new(ClaimStage::new(&t));
+    let mut h = LogicHarness::new(ClaimStage::new(&t), time_config(StageKind::Claim, &t));
     assert_eq!(h.feed(0, b"e-1", &first.encode()).outcome, "accepted");
     h.commit();
     let p = h.feed(0, b"e-1", &changed.encode());
