@@ -192,14 +192,26 @@ impl QueryHandle {
     }
 }
 
-/// Starts the query API on `listen` (port 0 picks a free one).
+/// Starts the query API on `listen` (port 0 picks a free one), keeping
+/// closed windows for the default retention.
 pub async fn start_query(
     listen: SocketAddr,
     cluster: &Cluster,
     topology: &Topology,
     registry: Registry,
 ) -> Result<QueryHandle, RunError> {
-    let boards = Boards::default();
+    let retention = Settings::default().query_closed_window_retention;
+    start_query_with(listen, cluster, topology, registry, Boards::new(topology, retention)).await
+}
+
+/// Starts the query API on `listen` serving (and filling) `boards`.
+pub async fn start_query_with(
+    listen: SocketAddr,
+    cluster: &Cluster,
+    topology: &Topology,
+    registry: Registry,
+    boards: Boards,
+) -> Result<QueryHandle, RunError> {
     let stop = CancellationToken::new();
     let topic = topology.spec().topics.leaderboards.name.clone();
     let thread = query::materialize(&cluster.client_config(), &topic, boards.clone(), stop.clone())?;
@@ -216,7 +228,8 @@ pub async fn start_query(
 pub async fn serve_until(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
     let topology = Topology::load(&settings.topology)?;
     let cluster = Cluster::connect(&settings, &topology)?;
-    let handle = start_query(settings.query_listen, &cluster, &topology, Registry::new()).await?;
+    let boards = Boards::new(&topology, settings.query_closed_window_retention);
+    let handle = start_query_with(settings.query_listen, &cluster, &topology, Registry::new(), boards).await?;
     tracing::info!(addr = %handle.addr, "query API listening");
     shutdown.cancelled().await;
     handle.stop().await
@@ -333,7 +346,8 @@ pub async fn main_job(
     let registry = Registry::new();
     let pipeline =
         Pipeline::start(&settings, &cluster, &topology, opts.workers_per_stage, WorkerMetrics::new(&registry));
-    let query = start_query(settings.query_listen, &cluster, &topology, registry.clone()).await?;
+    let boards = Boards::new(&topology, settings.query_closed_window_retention);
+    let query = start_query_with(settings.query_listen, &cluster, &topology, registry.clone(), boards).await?;
     let (tokens, pairs) = ShardTokens::generate(opts.simulate.shards);
     let ingest_stop = CancellationToken::new();
     let ingest = start_ingest(&settings, &topology, cluster.clone(), tokens, ingest_stop.clone()).await?;

@@ -7,7 +7,10 @@
 //! - `e/<hunt u16><tier u16><board 8><player>` -> `points u64 ++ reached_at i64`;
 //! - `k/<ht 4><window 8><chest key>` -> chest award (JSON);
 //! - `o/<ht 4><window 8>` -> window is open (has state, prizes not emitted);
-//! - `y/<ht 4><board 8>` -> board changed since its last snapshot.
+//! - `y/<ht 4><board 8>` -> board changed since its last snapshot;
+//! - `t/<ht 4><window 8>` -> window end (i64 BE): a closed window whose
+//!   leaderboard key gets a tombstone once the watermark passes its close +
+//!   `windows.leaderboard_retention`.
 //!
 //! A window's state is deleted when it closes. The partition watermark,
 //! owned by the runtime, is the minimum over all score partitions' forwarded
@@ -34,6 +37,9 @@ pub struct RankStage {
     windows: TumblingWindows,
     top_n: usize,
     publish_interval: Duration,
+    /// Grace + leaderboard retention: a closed window's key is tombstoned
+    /// when the watermark reaches its end + this.
+    tombstone_after_ms: i64,
     /// Cache of `e/` per board.
     boards: HashMap<(i32, Ht, Board), BoardEntries>,
     /// Wall clock of each board's last snapshot (pacing only; not state).
@@ -80,6 +86,10 @@ impl RankStage {
             windows,
             top_n: spec.stages.top_n as usize,
             publish_interval: spec.stages.leaderboard_publish_interval.0,
+            tombstone_after_ms: windows
+                .grace_ms
+                .max(0)
+                .saturating_add(spec.windows.leaderboard_retention.as_millis() as i64),
             boards: HashMap::new(),
             published: HashMap::new(),
         })
@@ -219,6 +229,7 @@ impl RankStage {
         }
         state.delete(key(b"o/", ht, board, b""));
         state.delete(key(b"y/", ht, board, b""));
+        state.put(key(b"t/", ht, board, b""), self.windows.window_end(start).to_be_bytes().to_vec());
         let p = state.partition();
         self.boards.remove(&(p, ht, board));
         self.published.remove(&(p, ht, board));
@@ -290,6 +301,33 @@ impl RankStage {
             }
         }
         Ok(Processed::new("merged", Vec::new()))
+    }
+
+    /// Tombstones (empty payload: a null value) for the leaderboard keys of
+    /// closed windows the watermark carried past retention.
+    fn tombstones(&self, state: &mut PartitionState<'_>, now: i64, out: &mut Vec<Output>) -> Result<(), StageError> {
+        for (k, v) in state.scan(b"t/")? {
+            let (Some(ht), Some(board), Some(end)) = (
+                k.get(2..6).and_then(|b| Ht::try_from(b).ok()),
+                k.get(6..14).and_then(Board::from_key_bytes),
+                i64_of(&v),
+            ) else {
+                continue;
+            };
+            if now < end.saturating_add(self.tombstone_after_ms) {
+                continue;
+            }
+            let (hunt_id, tier) = self.names(ht)?;
+            out.push(Output {
+                sink: Sink::Primary,
+                key: Snapshot::record_key(&hunt_id, &tier, &board.label()).into_bytes(),
+                payload: Vec::new(),
+                partition: None,
+                headers: vec![(HEADER_SCHEMA, "leaderboard/v1".into())],
+            });
+            state.delete(k);
+        }
+        Ok(())
     }
 
     fn is_closed(&self, state: &PartitionState<'_>, board: Board) -> Result<bool, StageError> {
@@ -376,6 +414,7 @@ impl StageLogic for RankStage {
         for (ht, start) in due {
             self.close(state, ht, start, version, &mut outputs)?;
         }
+        self.tombstones(state, watermark, &mut outputs)?;
         Ok(outputs)
     }
 

@@ -125,3 +125,28 @@ fn snapshots_are_paced_per_board_and_versioned_by_input_position() {
     assert_eq!(second[0].entries[0].player_id, "b");
     assert_eq!(second[0].watermark, None, "no score partition reported yet");
 }
+
+#[test]
+fn a_closed_windows_leaderboard_key_is_tombstoned_once_after_retention() {
+    let mut h = harness();
+    let retention = small_topology().spec().windows.leaderboard_retention.as_millis() as i64;
+    h.feed(0, b"k", &entry("gold", Board::Window(0), "a", 30, 5));
+    h.feed_time(0, None, &mark(0, 70_000));
+    let closing = h.feed_time(0, None, &mark(1, 70_000));
+    assert_eq!(batches(&closing).len(), 1);
+    let tombstones = |p: &Processed| -> Vec<String> {
+        let primary = p.outputs.iter().filter(|o| o.sink == Sink::Primary && o.payload.is_empty());
+        primary.map(|o| String::from_utf8_lossy(&o.key).into_owned()).collect()
+    };
+    assert!(tombstones(&closing).is_empty(), "the final snapshot stays for the retention");
+    h.commit();
+    h.abort(); // reload from RocksDB: the pending tombstone is state
+    h.feed_time(0, None, &mark(0, 70_000 + retention));
+    assert!(tombstones(&h.feed_time(0, None, &mark(1, 70_000 + retention - 1_000))).is_empty());
+    let due = h.feed_time(0, None, &mark(1, 70_000 + retention));
+    assert_eq!(tombstones(&due), ["winter-2026/gold/0"]);
+    h.feed_time(0, None, &mark(0, 10 * retention));
+    assert!(tombstones(&h.feed_time(0, None, &mark(1, 10 * retention))).is_empty(), "only once");
+    h.commit();
+    assert_eq!(h.committed(0, b"t/"), 0);
+}

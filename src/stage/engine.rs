@@ -231,7 +231,10 @@ impl<L: StageLogic> Engine<L> {
             (Sink::Secondary, None) => return Err(StageError::Stop("stage has no secondary output topic".into())),
             (Sink::DeadLetter, _) => &self.cfg.dead_letter_topic,
         };
-        self.producer.send(topic, &out.key, Some(&out.payload), out.partition, headers)?;
+        // An empty payload on a stage's own topics is a tombstone (null
+        // value); a dead letter keeps its original bytes, even none.
+        let payload = (out.sink == Sink::DeadLetter || !out.payload.is_empty()).then_some(out.payload.as_slice());
+        self.producer.send(topic, &out.key, payload, out.partition, headers)?;
         self.observe_output(out);
         Ok(())
     }

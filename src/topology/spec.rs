@@ -276,15 +276,27 @@ pub struct WindowsSpec {
     /// Also keep a lifetime (whole-hunt) leaderboard.
     #[serde(default = "default_true")]
     pub lifetime_board: bool,
+    /// Event time a closed window's leaderboard key stays on the compacted
+    /// leaderboards topic after its close (end + grace); then rank writes its
+    /// tombstone.
+    #[serde(default = "default_leaderboard_retention")]
+    pub leaderboard_retention: HumanDuration,
 }
 
 fn default_true() -> bool {
     true
 }
+fn default_leaderboard_retention() -> HumanDuration {
+    HumanDuration::from_millis(600_000)
+}
 
 impl Default for WindowsSpec {
     fn default() -> Self {
-        Self { prize: TumblingWindowSpec::default(), lifetime_board: true }
+        Self {
+            prize: TumblingWindowSpec::default(),
+            lifetime_board: true,
+            leaderboard_retention: default_leaderboard_retention(),
+        }
     }
 }
 

@@ -141,13 +141,15 @@ pub fn check(
     for e in &events {
         by_partition.entry(e.partition).or_default().push(&e.payload);
     }
-    let (mut expected, mut invalid, mut chest_rejected) = (HashMap::new(), 0, 0);
+    // Events are identified by (shard, event id): dedup is scoped by shard.
+    let (mut expected, mut invalid, mut chest_rejected, mut conflicting) = (HashMap::new(), 0, 0, 0);
     for records in by_partition.values() {
         let out = reference::claim(records, topology);
         invalid += out.invalid;
         chest_rejected += out.chest_rejected;
+        conflicting += out.conflicting;
         for e in out.accepted {
-            expected.insert(e.event_id.clone(), e);
+            expected.insert(format!("{}/{}", e.shard, e.event_id), e);
         }
     }
     let accepted = logical(accepted_all);
@@ -169,7 +171,7 @@ pub fn check(
         }
         match reference::parse_event(&rec.payload, topology) {
             Some(e) => {
-                *got.entry(e.event_id.clone()).or_default() += 1;
+                *got.entry(format!("{}/{}", e.shard, e.event_id)).or_default() += 1;
                 if let Some(list) = input {
                     list.push((upstream, Accepted::Event(e)));
                 }
@@ -184,7 +186,8 @@ pub fn check(
             r.problems.push(format!("event {id} accepted {n} times (logical duplicate)"));
         }
         if !expected.contains_key(id) {
-            r.problems.push(format!("event {id} accepted but must not be (retry, lost chest or invalid)"));
+            r.problems
+                .push(format!("event {id} accepted but must not be (retry, conflicting copy, lost chest or invalid)"));
         }
     }
     let missing: Vec<&String> = expected.keys().filter(|id| !got.contains_key(*id)).collect();
@@ -204,10 +207,11 @@ pub fn check(
     }
     let count =
         |prefix: &str| -> u64 { r.dead_letters.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| *v).sum() };
-    let claim_invalid = count("claim/") - count("claim/chest_already_claimed");
+    let claim_invalid = count("claim/") - count("claim/chest_already_claimed") - count("claim/conflicting_duplicate");
     for (what, got, want) in [
         ("claim dead letters for invalid events", claim_invalid, invalid),
         ("claim dead letters for lost chest claims", count("claim/chest_already_claimed"), chest_rejected),
+        ("claim dead letters for conflicting duplicates", count("claim/conflicting_duplicate"), conflicting),
         ("score dead letters for late events", count("score/late_event"), score.late),
         ("rank dead letters", count("rank/"), 0),
     ] {
@@ -306,7 +310,14 @@ fn check_boards(r: &mut VerifyReport, topology: &Topology, score: &reference::Sc
     let closes = (spec.windows.prize.size.as_millis() + spec.windows.prize.grace.as_millis()) as i64;
     // Latest snapshot per board.
     let mut latest: BTreeMap<String, (i64, Value)> = BTreeMap::new();
+    // Windows whose key rank tombstoned after retention (compaction may
+    // have removed their snapshots).
+    let mut tombstoned = std::collections::BTreeSet::new();
     for rec in boards {
+        if rec.payload.is_empty() {
+            tombstoned.insert(String::from_utf8_lossy(&rec.key).into_owned());
+            continue;
+        }
         let Ok(v) = serde_json::from_slice::<Value>(&rec.payload) else {
             r.problems.push(format!("leaderboard record at {}:{} is not JSON", rec.partition, rec.offset));
             continue;
@@ -327,8 +338,11 @@ fn check_boards(r: &mut VerifyReport, topology: &Topology, score: &reference::Sc
         let board = window.map_or("lifetime".to_owned(), |w| w.to_string());
         let key = format!("{hunt}/{tier}/{board}");
         r.boards += 1;
+        let closed = window.is_some_and(|w| score.watermark.is_some_and(|wm| wm >= w + closes));
         let Some((_, snap)) = latest.get(&key) else {
-            r.problems.push(format!("board {key}: no snapshot published"));
+            if !(closed && tombstoned.contains(&key)) {
+                r.problems.push(format!("board {key}: no snapshot published"));
+            }
             continue;
         };
         let got: Vec<(String, u64, i64)> = snap["entries"]
@@ -353,7 +367,6 @@ fn check_boards(r: &mut VerifyReport, topology: &Topology, score: &reference::Sc
                 ranking.get(first)
             ));
         }
-        let closed = window.is_some_and(|w| score.watermark.is_some_and(|wm| wm >= w + closes));
         if closed && snap["closed"] != Value::Bool(true) {
             r.problems.push(format!("board {key}: window closed but its final snapshot is missing"));
         }
