@@ -70,7 +70,7 @@ pub async fn start_ingest(
     tokens: ShardTokens,
     shutdown: CancellationToken,
 ) -> Result<IngestHandle, RunError> {
-    let registry = Registry::new();
+    let registry = crate::telemetry::registry();
     let producer = EventProducer::new(&cluster, topology, settings.ingest.delivery_timeout)?;
     let state = Arc::new(IngestState::new(
         topology.clone(),
@@ -214,7 +214,7 @@ pub async fn start_query(
 pub async fn serve_until(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
     let topology = Topology::load(&settings.topology)?;
     let cluster = Cluster::connect(&settings, &topology)?;
-    let handle = start_query(settings.query_listen, &cluster, &topology, Registry::new()).await?;
+    let handle = start_query(settings.query_listen, &cluster, &topology, crate::telemetry::registry()).await?;
     tracing::info!(addr = %handle.addr, "query API listening");
     shutdown.cancelled().await;
     handle.stop().await
@@ -318,7 +318,7 @@ pub async fn main_job(
     if let Some(dir) = &scratch {
         settings.state_dir = dir.clone();
     }
-    let registry = Registry::new();
+    let registry = crate::telemetry::registry();
     let pipeline =
         Pipeline::start(&settings, &cluster, &topology, opts.workers_per_stage, WorkerMetrics::new(&registry));
     let query = start_query(settings.query_listen, &cluster, &topology, registry.clone()).await?;
@@ -413,7 +413,7 @@ pub async fn stage_worker(
 ) -> Result<crate::stage::WorkerReport, RunError> {
     let topology = Topology::load(&settings.topology)?;
     let cluster = Cluster::connect(&settings, &topology)?;
-    let registry = Registry::new();
+    let registry = crate::telemetry::registry();
     let metrics = crate::stage::WorkerMetrics::new(&registry);
     let server = serve_metrics(settings.worker_metrics_listen, registry, shutdown.clone()).await?;
     let cfg = pipeline::worker_config(kind, &settings, &cluster, &topology, instance);
@@ -461,7 +461,7 @@ pub async fn kinesis_bridge(
         .into());
     }
     let cluster = Cluster::connect(&settings, &topology)?;
-    let registry = Registry::new();
+    let registry = crate::telemetry::registry();
     let server = serve_metrics(settings.worker_metrics_listen, registry.clone(), shutdown.clone()).await?;
     let opts = crate::kinesis::BridgeOptions {
         kinesis: crate::kinesis::connect(&settings).await,
