@@ -10,6 +10,29 @@ use crate::topology::{SourceKind, Topology};
 
 use super::Settings;
 
+/// Every `HUNTFLOW_*` variable huntflow reads (plus `HUNTFLOW_KAFKA__*`): a
+/// misspelt one in a manifest would otherwise be ignored without a word.
+const KNOWN_ENV: &[&str] = &[
+    "HUNTFLOW_CONFIG",
+    "HUNTFLOW_LOG_FORMAT",
+    "HUNTFLOW_INSTANCE",
+    "HUNTFLOW_INSTANCES",
+    "HUNTFLOW_BROKERS",
+    "HUNTFLOW_TOPOLOGY",
+    "HUNTFLOW_STATE_DIR",
+    "HUNTFLOW_INGEST_LISTEN",
+    "HUNTFLOW_WORKER_SESSION_TIMEOUT_MS",
+    "HUNTFLOW_METRICS_LISTEN",
+    "HUNTFLOW_QUERY_LISTEN",
+    "HUNTFLOW_SHARD_TOKENS",
+    "HUNTFLOW_SHARD_TOKENS_FILE",
+    "HUNTFLOW_KINESIS_ENDPOINT",
+    "HUNTFLOW_KINESIS_REGION",
+    // Test harness only.
+    "HUNTFLOW_TANSU_BIN",
+    "HUNTFLOW_KINESIS_LOCAL",
+];
+
 /// The command whose needs are checked on top of the common ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -36,6 +59,12 @@ pub struct CheckReport {
 pub fn check(settings: &Settings, role: Option<Role>, env: &HashMap<String, String>) -> CheckReport {
     let mut report = CheckReport::default();
     let problems = &mut report.problems;
+    let mut unknown: Vec<&String> =
+        env.keys().filter(|k| !k.starts_with("HUNTFLOW_KAFKA__") && !KNOWN_ENV.contains(&k.as_str())).collect();
+    unknown.sort();
+    for name in unknown {
+        problems.push(format!("{name}: not a variable huntflow reads (misspelt?)"));
+    }
     let topology = match Topology::load(&settings.topology) {
         Ok(t) => Some(t),
         Err(e) => {

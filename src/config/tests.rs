@@ -68,10 +68,15 @@ fn unknown_fields_in_the_settings_file_are_rejected() {
 fn check_names_every_problem_for_the_command() {
     let f = file("topology: /nonexistent/topology.yaml\nkafka: { no.such.property: x }\n");
     let s = Settings::load(Some(f.path()), &HashMap::new(), &Overrides::default()).unwrap();
-    let env = HashMap::from([("HUNTFLOW_INSTANCE".to_string(), "pod-1".to_string())]);
+    let env = HashMap::from([
+        ("HUNTFLOW_INSTANCE".to_string(), "pod-1".to_string()),
+        ("HUNTFLOW_WORKER_METRICS_LISTEN".to_string(), "0.0.0.0:1".to_string()),
+    ]);
     let report = check(&s, Some(Role::Worker), &env);
     let all = report.problems.join("\n");
-    for needle in ["/nonexistent/topology.yaml", "no.such.property", "HUNTFLOW_INSTANCE", "brokers"] {
+    for needle in
+        ["/nonexistent/topology.yaml", "no.such.property", "`pod-1`", "brokers", "HUNTFLOW_WORKER_METRICS_LISTEN"]
+    {
         assert!(all.contains(needle), "{needle} missing from {all}");
     }
     assert_eq!(report.binds, vec![("metrics", s.worker_metrics_listen)]);
