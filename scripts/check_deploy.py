@@ -151,13 +151,16 @@ def materialize(pod, container, docs, root):
         if "subPath" in m:
             report(False, f"{container['name']}: no subPath mounts ({m['mountPath']})",
                    "subPath mounts never see ConfigMap updates")
+        v = volumes.get(m["name"], {})
+        if "configMap" not in v and "secret" not in v:
+            continue  # emptyDir / PVC: scratch space, nothing to load
         target = root / m["mountPath"].lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
         mounts.append(m["mountPath"])
-        v = volumes.get(m["name"], {})
         if "configMap" in v:
             cm = by_name.get(("ConfigMap", v["configMap"]["name"]))
-            if not report(cm is not None, f"{container['name']}: ConfigMap {v['configMap']['name']} is in the overlay"):
+            if cm is None:
+                report(False, f"{container['name']}: ConfigMap {v['configMap']['name']} is in the overlay")
                 continue
             for key, text in cm.get("data", {}).items():
                 (target / key).write_text(text)
@@ -195,7 +198,7 @@ def config_check(binary, workload, pod, container, docs, tmp):
         script.append(f"mkdir -p '{m}' 2>/dev/null || true")
         script.append(f"mount --bind '{root}/{m.lstrip('/')}' '{m}'")
     script.append('exec "$@"')
-    created = [p for p in {"/etc/huntflow", "/var/lib/huntflow"} if not os.path.exists(p)]
+    created = [p for p in {"/etc/huntflow"} if not os.path.exists(p)]
     try:
         out = run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(script), "sh", *cmd],
                   env=env, timeout=60)
