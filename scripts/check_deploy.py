@@ -300,9 +300,11 @@ def rules_and_tests(rendered, tmp):
     exprs = []
     rules_dir = tmp / "rules"
     rules_dir.mkdir(exist_ok=True)
+    seen = set()
     for docs in rendered.values():
         for d in docs:
-            if d["kind"] == "PrometheusRule":
+            if d["kind"] == "PrometheusRule" and d["metadata"]["name"] not in seen:
+                seen.add(d["metadata"]["name"])
                 (rules_dir / f"{names[d['metadata']['name']]}.rules.yaml").write_text(yaml.safe_dump(d["spec"]))
                 for g in d["spec"]["groups"]:
                     for r in g["rules"]:
@@ -395,6 +397,8 @@ def live_pipeline(binary, tmp):
                 text = scrape(f"http://127.0.0.1:{port}/metrics")
                 if text:
                     scrapes[what] = text
+                    if what == "query":  # a query, so its latency histogram has a child
+                        scrape(f"http://127.0.0.1:{port}/v1/hunts/winter-2026/tiers/bronze/leaderboard")
                     for path in ("/healthz", "/readyz") if what == "ingest" else ("/healthz",):
                         health[f"{what} {path}"] = health.get(f"{what} {path}") or scrape(f"http://127.0.0.1:{port}{path}") is not None
             time.sleep(1)
@@ -430,6 +434,7 @@ def live_kinesis(binary, tmp):
     text = None
     try:
         kl_env = dict(env, KINESIS_MOCK_PLAIN_PORT=str(kport), KINESIS_MOCK_TLS_PORT=str(tport),
+                      KINESIS_MOCK_CERT_PATH=str(Path(pkg, "server.json")),
                       INITIALIZE_STREAMS="check-deploy:2", LOG_LEVEL="WARN")
         procs.append(subprocess.Popen(["node", str(Path(pkg, "main.js"))], env=kl_env, cwd=tmp,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
