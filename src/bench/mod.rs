@@ -4,9 +4,11 @@
 
 mod kinesis;
 mod pipeline;
+mod window_close;
 
 pub use kinesis::{kinesis, KinesisBench};
 pub use pipeline::{pipeline, PipelineBench};
+pub use window_close::{window_close, WindowCloseBench};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -55,10 +55,7 @@ impl StageLogic for ClaimStage {
         let event = match event::decode(input.payload, self.max_event_bytes) {
             Ok(e) => e,
             Err(err) => {
-                return Ok(Processed {
-                    outcome: "dead_lettered",
-                    outputs: vec![dead_letter(input, err.code(), err.to_string())],
-                })
+                return Ok(Processed::new("dead_lettered", vec![dead_letter(input, err.code(), err.to_string())]))
             }
         };
         if self.topology.tier_index(&event.hunt_id, &event.tier).is_none() {
@@ -67,10 +64,7 @@ impl StageLogic for ClaimStage {
             } else {
                 event::DecodeError::UnknownTier { hunt: event.hunt_id.clone(), tier: event.tier.clone() }
             };
-            return Ok(Processed {
-                outcome: "dead_lettered",
-                outputs: vec![dead_letter(input, err.code(), err.to_string())],
-            });
+            return Ok(Processed::new("dead_lettered", vec![dead_letter(input, err.code(), err.to_string())]));
         }
 
         let max_time = state.get(b"\0maxt")?.as_deref().and_then(i64_of).unwrap_or(i64::MIN).max(event.event_time);
@@ -80,7 +74,7 @@ impl StageLogic for ClaimStage {
         if let Some(seen_at) = state.get(&dedup_key)?.as_deref().and_then(i64_of) {
             // Still within the TTL (on the event-time clock): a retry.
             if seen_at >= max_time.saturating_sub(self.ttl_ms) {
-                return Ok(Processed { outcome: "duplicate", outputs: vec![] });
+                return Ok(Processed::new("duplicate", vec![]));
             }
         }
         state.put(dedup_key, event.event_time.to_be_bytes().to_vec());
@@ -91,10 +85,7 @@ impl StageLogic for ClaimStage {
             let claim_key = [b"c/".as_slice(), chest.as_bytes()].concat();
             if let Some(winner) = state.get(&claim_key)? {
                 let reason = format!("chest {chest} was already claimed by event {}", String::from_utf8_lossy(&winner));
-                return Ok(Processed {
-                    outcome: "chest_rejected",
-                    outputs: vec![dead_letter(input, "chest_already_claimed", reason)],
-                });
+                return Ok(Processed::new("chest_rejected", vec![dead_letter(input, "chest_already_claimed", reason)]));
             }
             state.put(claim_key, event.event_id.as_bytes().to_vec());
         }
@@ -106,7 +97,7 @@ impl StageLogic for ClaimStage {
             partition: None,
             headers: vec![(HEADER_SCHEMA, "game-event/v1".into())],
         };
-        Ok(Processed { outcome: "accepted", outputs: vec![out] })
+        Ok(Processed::new("accepted", vec![out]))
     }
 
     fn before_commit(&mut self, state: &mut PartitionState<'_>) -> Result<(), StageError> {

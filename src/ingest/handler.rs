@@ -136,13 +136,23 @@ async fn handle(s: &IngestState, shard: &str, headers: &HeaderMap, body: &[u8]) 
 }
 
 async fn process(s: &IngestState, shard: &str, items: &[&[u8]]) -> Response {
-    let max = s.topology.spec().ingest.max_event_bytes;
+    let limits = &s.topology.spec().ingest;
+    let (max, skew) = (limits.max_event_bytes, limits.max_clock_skew.as_millis() as i64);
+    let now = event::now_ms();
     let mut valid: Vec<(usize, GameEvent)> = Vec::new();
     let mut invalid: Vec<(usize, DecodeError)> = Vec::new();
     for (i, raw) in items.iter().enumerate() {
-        match event::decode(raw, max).and_then(|e| e.check_against(&s.topology, shard).map(|()| e)) {
+        let checked = event::decode(raw, max)
+            .and_then(|e| e.check_against(&s.topology, shard).map(|()| e))
+            .and_then(|e| e.check_clock(now, skew).map(|()| e));
+        match checked {
             Ok(e) => valid.push((i, e)),
-            Err(err) => invalid.push((i, err)),
+            Err(err) => {
+                if let DecodeError::EventTimeInFuture { .. } = err {
+                    s.metrics.future_events.with_label_values(&[shard]).inc();
+                }
+                invalid.push((i, err))
+            }
         }
     }
 

@@ -324,6 +324,18 @@ pub struct IngestLimitsSpec {
     /// Largest accepted event, in bytes of its JSON encoding.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
+    /// How far ahead of the writer's clock (ingest, Kinesis bridge) an
+    /// event_time may be; later ones are dead-lettered `event_time_in_future`.
+    #[serde(default = "default_max_clock_skew")]
+    pub max_clock_skew: HumanDuration,
+    /// How often each writer of the events topic appends a heartbeat (its
+    /// clock) to every events partition, so windows close without traffic.
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval: HumanDuration,
+    /// A writer whose latest heartbeat on a partition is this far behind the
+    /// newest heartbeat there is dead and no longer holds the partition's time.
+    #[serde(default = "default_writer_timeout")]
+    pub heartbeat_writer_timeout: HumanDuration,
 }
 
 fn default_rate() -> u32 {
@@ -335,6 +347,15 @@ fn default_burst() -> u32 {
 fn default_max_event_bytes() -> usize {
     16 * 1024
 }
+fn default_max_clock_skew() -> HumanDuration {
+    HumanDuration::from_millis(5 * 60_000)
+}
+fn default_heartbeat_interval() -> HumanDuration {
+    HumanDuration::from_millis(1_000)
+}
+fn default_writer_timeout() -> HumanDuration {
+    HumanDuration::from_millis(10_000)
+}
 
 impl Default for IngestLimitsSpec {
     fn default() -> Self {
@@ -342,6 +363,9 @@ impl Default for IngestLimitsSpec {
             events_per_second_per_shard: default_rate(),
             burst_per_shard: default_burst(),
             max_event_bytes: default_max_event_bytes(),
+            max_clock_skew: default_max_clock_skew(),
+            heartbeat_interval: default_heartbeat_interval(),
+            heartbeat_writer_timeout: default_writer_timeout(),
         }
     }
 }

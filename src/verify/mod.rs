@@ -14,13 +14,17 @@ use rdkafka::ClientConfig;
 use serde_json::Value;
 
 pub use read::{read_topic, Record};
-use reference::RefEvent;
+use reference::Accepted;
 
 use crate::topology::Topology;
 
 /// Must match the score stage's watermark step (a contract, not shared code).
 const WATERMARK_STEP_MS: i64 = 1_000;
 const LINEAGE: &str = "huntflow-lineage";
+const SCHEMA: &str = "huntflow-schema";
+/// Time records (contract: README "Record formats").
+const SCHEMA_HEARTBEAT: &str = "heartbeat/v1";
+const SCHEMA_WATERMARK: &str = "watermark/v1";
 const STAGE: &str = "huntflow-stage";
 const REASON_CODE: &str = "huntflow-reason-code";
 
@@ -121,16 +125,18 @@ pub async fn verify(client: ClientConfig, topology: &Topology, timeout: Duration
 pub fn check(
     topology: &Topology,
     events: &[Record],
-    accepted: &[Record],
+    accepted_all: &[Record],
     dead: &[Record],
     prizes: &[Record],
     boards: &[Record],
 ) -> VerifyReport {
-    let mut r = VerifyReport { events: events.len(), accepted_physical: accepted.len(), ..Default::default() };
+    let is = |r: &Record, schema: &str| r.header(SCHEMA) == Some(schema);
+    let events: Vec<&Record> = events.iter().filter(|e| !is(e, SCHEMA_HEARTBEAT)).collect();
+    let mut r = VerifyReport { events: events.len(), ..Default::default() };
 
     // claim
     let mut by_partition: BTreeMap<i32, Vec<&[u8]>> = BTreeMap::new();
-    for e in events {
+    for e in &events {
         by_partition.entry(e.partition).or_default().push(&e.payload);
     }
     let (mut expected, mut invalid, mut chest_rejected) = (HashMap::new(), 0, 0);
@@ -142,20 +148,28 @@ pub fn check(
             expected.insert(e.event_id.clone(), e);
         }
     }
-    let accepted = logical(accepted);
-    r.accepted_logical = accepted.len();
+    let accepted = logical(accepted_all);
+    r.accepted_physical = accepted_all.iter().filter(|a| !is(a, SCHEMA_WATERMARK)).count();
+    r.accepted_logical = accepted.iter().filter(|a| !is(a, SCHEMA_WATERMARK)).count();
     let partitions = topology.spec().topics.accepted.partitions.max(1) as usize;
-    let mut score_input: Vec<Vec<(i32, RefEvent)>> = vec![Vec::new(); partitions];
+    let mut score_input: Vec<Vec<(i32, Accepted)>> = vec![Vec::new(); partitions];
     let mut got: HashMap<String, usize> = HashMap::new();
     for rec in &accepted {
+        // `claim:<partition>:<offset>:<index>`
+        let upstream = rec.header(LINEAGE).and_then(|l| l.split(':').nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let input = score_input.get_mut(rec.partition as usize);
+        if is(rec, SCHEMA_WATERMARK) {
+            match serde_json::from_slice::<Value>(&rec.payload).ok().and_then(|v| v["watermark"].as_i64()) {
+                Some(t) => input.into_iter().for_each(|list| list.push((upstream, Accepted::Watermark(t)))),
+                None => r.problems.push(format!("watermark at {}:{} is unreadable", rec.partition, rec.offset)),
+            }
+            continue;
+        }
         match reference::parse_event(&rec.payload, topology) {
             Some(e) => {
                 *got.entry(e.event_id.clone()).or_default() += 1;
-                // `claim:<partition>:<offset>:<index>`
-                let upstream =
-                    rec.header(LINEAGE).and_then(|l| l.split(':').nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
-                if let Some(list) = score_input.get_mut(rec.partition as usize) {
-                    list.push((upstream, e));
+                if let Some(list) = input {
+                    list.push((upstream, Accepted::Event(e)));
                 }
             }
             None => {
@@ -207,14 +221,20 @@ pub fn check(
 
 fn check_prizes(r: &mut VerifyReport, topology: &Topology, score: &reference::ScoreOutcome, prizes: &[Record]) {
     r.batches_physical = prizes.len();
-    let mut batches: BTreeMap<String, BTreeMap<String, reference::RefAward>> = BTreeMap::new();
-    let mut key_owner: HashMap<String, String> = HashMap::new();
+    // batch id -> part -> awards, and how many parts each part says there are.
+    let mut parts: BTreeMap<String, BTreeMap<u64, BTreeMap<String, reference::RefAward>>> = BTreeMap::new();
+    let mut declared: BTreeMap<String, u64> = BTreeMap::new();
+    let mut key_owner: HashMap<String, (String, u64)> = HashMap::new();
     for rec in prizes {
         let Ok(v) = serde_json::from_slice::<Value>(&rec.payload) else {
             r.problems.push(format!("prize record at {}:{} is not JSON", rec.partition, rec.offset));
             continue;
         };
         let id = v["batch_id"].as_str().unwrap_or_default().to_owned();
+        let (part, of) = (v["part"].as_u64().unwrap_or(1), v["parts"].as_u64().unwrap_or(1));
+        if *declared.entry(id.clone()).or_insert(of) != of {
+            r.problems.push(format!("batch {id}: parts disagree on how many parts there are"));
+        }
         let mut awards = BTreeMap::new();
         for a in v["awards"].as_array().into_iter().flatten() {
             let key = a["idempotency_key"].as_str().unwrap_or_default().to_owned();
@@ -224,23 +244,32 @@ fn check_prizes(r: &mut VerifyReport, topology: &Topology, score: &reference::Sc
                 a["amount"].as_u64().unwrap_or_default(),
             );
             if awards.insert(key.clone(), award).is_some() {
-                r.problems.push(format!("batch {id} lists award {key} twice"));
+                r.problems.push(format!("batch {id} part {part} lists award {key} twice"));
             }
-            if let Some(owner) = key_owner.insert(key.clone(), id.clone()) {
-                if owner != id {
-                    r.problems.push(format!("award key {key} appears in batches {owner} and {id} (logical duplicate)"));
+            if let Some(owner) = key_owner.insert(key.clone(), (id.clone(), part)) {
+                if owner != (id.clone(), part) {
+                    r.problems
+                        .push(format!("award key {key} appears in {owner:?} and {id} part {part} (logical duplicate)"));
                 }
             }
         }
-        match batches.get(&id) {
+        match parts.entry(id.clone()).or_default().get(&part) {
             Some(prev) if *prev != awards => {
-                r.problems.push(format!("batch {id} was emitted twice with different awards"))
+                r.problems.push(format!("batch {id} part {part} was emitted twice with different awards"))
             }
             Some(_) => {}
             None => {
-                batches.insert(id, awards);
+                parts.entry(id).or_default().insert(part, awards);
             }
         }
+    }
+    let mut batches: BTreeMap<String, BTreeMap<String, reference::RefAward>> = BTreeMap::new();
+    for (id, by_part) in parts {
+        let of = declared.get(&id).copied().unwrap_or(1);
+        if by_part.keys().copied().ne(1..=of) {
+            r.problems.push(format!("batch {id}: parts {:?} of {of}", by_part.keys().collect::<Vec<_>>()));
+        }
+        batches.insert(id, by_part.into_values().flatten().collect());
     }
     r.batches_logical = batches.len();
     r.awards = batches.values().map(BTreeMap::len).sum();

@@ -123,11 +123,20 @@ pub struct ScoreOutcome {
     pub watermark: Option<i64>,
 }
 
+/// One record of an accepted partition: an event, or a watermark claim
+/// forwarded from the writers' heartbeats.
+#[derive(Clone, Debug)]
+pub enum Accepted {
+    Event(RefEvent),
+    Watermark(i64),
+}
+
 /// The score stage's contract: `partitions[p]` is accepted partition p in
-/// log order, each event with the events partition it was claimed from. A
+/// log order, each record with the events partition it was claimed from. A
 /// partition's watermark is the minimum over events partitions of the
-/// latest time seen from each, once all have been seen.
-pub fn score(partitions: &[Vec<(i32, RefEvent)>], topology: &Topology, step_ms: i64) -> ScoreOutcome {
+/// latest time seen from each (event times and forwarded watermarks), once
+/// all have been seen; it never goes back.
+pub fn score(partitions: &[Vec<(i32, Accepted)>], topology: &Topology, step_ms: i64) -> ScoreOutcome {
     let spec = topology.spec();
     let size = spec.windows.prize.size.as_millis() as i64;
     let grace = spec.windows.prize.grace.as_millis() as i64;
@@ -139,7 +148,18 @@ pub fn score(partitions: &[Vec<(i32, RefEvent)>], topology: &Topology, step_ms: 
     for events in partitions {
         let mut wm = i64::MIN;
         let mut latest: HashMap<i32, i64> = HashMap::new();
-        for (upstream, e) in events {
+        for (upstream, record) in events {
+            let e = match record {
+                Accepted::Event(e) => e,
+                Accepted::Watermark(t) => {
+                    let latest_t = latest.entry(*upstream).or_insert(*t);
+                    *latest_t = (*latest_t).max(*t);
+                    if latest.len() >= upstreams {
+                        wm = wm.max(latest.values().copied().min().unwrap_or(i64::MIN));
+                    }
+                    continue;
+                }
+            };
             let start = start_of(e.time);
             if wm != i64::MIN && start + size + grace <= wm {
                 out.late += 1;
