@@ -114,6 +114,16 @@ async fn a_record_the_stage_cannot_process_is_dead_lettered_and_its_partition_ke
     assert!(header_str(d, "huntflow-lineage").is_some());
     assert!(report.aborts >= 1, "the failed transaction was aborted and replayed");
 
+    // Within a transaction the runtime's own keys (`\0pos`, lineage, time)
+    // follow the state they cover: the changelog starts with state and ends
+    // with the position.
+    let changelog =
+        read_topic(cluster.bootstrap(), &format!("{}claim", t.changelog_prefix), usize::MAX, Duration::from_secs(3))
+        .await;
+    let keys: Vec<&[u8]> = changelog.iter().filter(|m| m.partition() == 0).map(|m| m.key().unwrap_or_default()).collect();
+    assert!(keys.first().is_some_and(|k| !k.starts_with(b"\0")), "state first");
+    assert!(keys.last().is_some_and(|k| k.starts_with(b"\0")), "position last");
+
     // The half-applied write of the failed attempt did not survive.
     let store = huntflow::state::StateStore::open(
         &settings.state_dir.join("claim-0"),

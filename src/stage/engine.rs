@@ -11,7 +11,7 @@ use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::metrics::*;
-use super::restore::restore_partitions;
+use super::restore::{restore_partitions, HEADER_TXN};
 use super::time::{self, Clock};
 use super::{
     ErrorAction, Input, Lineage, Output, PartitionState, Processed, Sink, StageError, StageLogic, HEADER_LINEAGE,
@@ -56,6 +56,9 @@ pub(crate) struct Engine<L: StageLogic> {
     pub failures: u32,
     /// Broker timestamp (ms) of the last record read per partition.
     pub last_read_ms: HashMap<i32, i64>,
+    /// Tags changelog records with their transaction (`<run>:<seq>`).
+    pub run: String,
+    pub txn_seq: u64,
 }
 
 use crate::event::now_ms;
@@ -344,18 +347,30 @@ impl<L: StageLogic> Engine<L> {
         self.deliveries.check("an output")?;
         self.step(STEP_FLUSH_OUTPUTS, t);
         let t = Instant::now();
-        // State first, then the runtime's own keys (`\0pos`, lineage, time)
-        // after a flush: a visible position implies all the state it covers.
-        for runtime_keys in [false, true] {
+        // State first, then the runtime's own keys (`\0pos` the very last)
+        // after a flush: a visible position implies all the state it covers,
+        // and restore applies a transaction's records only with its `\0pos`.
+        self.txn_seq += 1;
+        let txn = format!("{}:{}", self.run, self.txn_seq);
+        let runtime = |k: &[u8]| k.first() == Some(&0);
+        for group in [0, 1, 2] {
             for (p, writes) in &self.pending {
-                for (k, v) in writes.iter().filter(|(k, _)| (k.first() == Some(&0)) == runtime_keys) {
-                    let headers =
-                        OwnedHeaders::new().insert(Header { key: HEADER_SCHEMA, value: Some("changelog/v1") });
+                let in_group = |k: &[u8]| match group {
+                    0 => !runtime(k),
+                    1 => runtime(k) && k != POSITION_KEY,
+                    _ => k == POSITION_KEY,
+                };
+                for (k, v) in writes.iter().filter(|(k, _)| in_group(k)) {
+                    let headers = OwnedHeaders::new()
+                        .insert(Header { key: HEADER_SCHEMA, value: Some("changelog/v1") })
+                        .insert(Header { key: HEADER_TXN, value: Some(&txn) });
                     self.producer.send(&self.cfg.changelog_topic, k, v.as_deref(), Some(*p), headers)?;
                 }
             }
-            self.producer.flush(timeout)?;
-            self.deliveries.check("a changelog record")?;
+            if group != 1 {
+                self.producer.flush(timeout)?;
+                self.deliveries.check("a changelog record")?;
+            }
         }
         self.step(STEP_CHANGELOG, t);
         let t = Instant::now();

@@ -11,7 +11,10 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::worker::WorkerConfig;
-use super::StageError;
+use super::{StageError, POSITION_KEY};
+
+/// Header naming the transaction a changelog record belongs to.
+pub(crate) const HEADER_TXN: &str = "huntflow-txn";
 use crate::state::{StateStore, Write};
 
 const BATCH: usize = 10_000;
@@ -62,7 +65,7 @@ pub fn restore_partitions(
         return Ok(out.into_iter().collect());
     }
     consumer.assign(&tpl)?;
-    let mut batches: HashMap<i32, Vec<Write>> = HashMap::new();
+    let mut groups: HashMap<i32, TxnGroups> = HashMap::new();
     let deadline = Instant::now() + cfg.transaction_timeout + Duration::from_secs(5);
     while !todo.is_empty() {
         if Instant::now() > deadline {
@@ -74,10 +77,11 @@ pub fn restore_partitions(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let p = m.partition();
-                let batch = batches.entry(p).or_default();
-                batch.push((m.key().unwrap_or_default().to_vec(), m.payload().map(<[u8]>::to_vec)));
-                if batch.len() >= BATCH {
-                    flush_batch(store, p, batch, m.offset() + 1, &mut out)?;
+                let g = groups.entry(p).or_default();
+                g.push(&m);
+                if g.ready.len() >= BATCH {
+                    let next = g.open_from.unwrap_or(m.offset() + 1);
+                    flush_batch(store, p, &mut g.ready, next, &mut out)?;
                 }
             }
             // The end of what read_committed may see: done once that is the
@@ -86,8 +90,9 @@ pub fn restore_partitions(
                 let position = position_of(&consumer, topic, p)?;
                 if todo.get(&p).is_some_and(|high| position >= *high) {
                     todo.remove(&p);
-                    let batch = batches.entry(p).or_default();
-                    flush_batch(store, p, batch, position, &mut out)?;
+                    let g = groups.entry(p).or_default();
+                    g.close(topic, p);
+                    flush_batch(store, p, &mut g.ready, position, &mut out)?;
                 }
             }
             Some(Err(e)) => return Err(e.into()),
@@ -95,6 +100,61 @@ pub fn restore_partitions(
         }
     }
     Ok(out.into_iter().collect())
+}
+
+/// Changelog records grouped by the transaction that wrote them (header
+/// `huntflow-txn`). A group counts only if it holds its `\0pos` record,
+/// which the runtime writes last: on brokers that show aborted or open
+/// transactions to read_committed readers (the embedded one, Tansu), a
+/// worker killed mid-commit leaves a partial group, and applying it would
+/// apply state whose input position was never recorded (then replayed:
+/// counted twice).
+#[derive(Default)]
+struct TxnGroups {
+    /// Complete groups, ready to apply.
+    ready: Vec<Write>,
+    open: Vec<Write>,
+    open_txn: Option<String>,
+    /// Offset of the open group's first record.
+    open_from: Option<i64>,
+    complete: bool,
+}
+
+impl TxnGroups {
+    fn push(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let txn = crate::kafka::header_str(m, HEADER_TXN);
+        if txn.is_none() || txn != self.open_txn {
+            let dropped = self.close_quietly();
+            if dropped > 0 {
+                tracing::warn!(dropped, "ignored the changelog records of an unfinished transaction");
+            }
+            self.open_txn = txn.clone();
+            self.open_from = Some(m.offset());
+        }
+        let key = m.key().unwrap_or_default();
+        self.complete |= key == POSITION_KEY || txn.is_none();
+        self.open.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
+    }
+
+    /// Ends the open group: applied if complete, dropped if not.
+    fn close_quietly(&mut self) -> usize {
+        let open = std::mem::take(&mut self.open);
+        let dropped = if self.complete { 0 } else { open.len() };
+        if self.complete {
+            self.ready.extend(open);
+        }
+        self.complete = false;
+        self.open_txn = None;
+        self.open_from = None;
+        dropped
+    }
+
+    fn close(&mut self, topic: &str, p: i32) {
+        let dropped = self.close_quietly();
+        if dropped > 0 {
+            tracing::warn!(topic, partition = p, dropped, "ignored the changelog records of an unfinished transaction");
+        }
+    }
 }
 
 /// Where to start reading a partition's changelog and where it ends.

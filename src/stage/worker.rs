@@ -140,6 +140,8 @@ fn engine<L: StageLogic>(cfg: &WorkerConfig, logic: L, metrics: WorkerMetrics) -
         poison: HashMap::new(),
         failures: 0,
         last_read_ms: HashMap::new(),
+        run: format!("{:016x}", rand::random::<u64>()),
+        txn_seq: 0,
     })
 }
 

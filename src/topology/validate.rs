@@ -57,8 +57,14 @@ pub fn validate(spec: &TopologySpec) -> Vec<Problem> {
     let mut ids = std::collections::HashMap::new();
     for (hi, h) in spec.hunts.iter().enumerate() {
         for (ti, t) in h.tiers.iter().enumerate() {
-            if let Some(other) = ids.insert(super::tier_state_id(&h.id, &t.name), format!("{}/{}", h.id, t.name)) {
-                p.push(format!("hunts[{hi}].tiers[{ti}]"), format!("state id collides with {other}; rename the tier"));
+            let name = format!("{}/{}", h.id, t.name);
+            match ids.insert(super::tier_state_id(&h.id, &t.name), name.clone()) {
+                // The same name twice is reported as a duplicate tier.
+                Some(other) if other != name => p.push(
+                    format!("hunts[{hi}].tiers[{ti}]"),
+                    format!("state id collides with {other}; rename the tier"),
+                ),
+                _ => {}
             }
         }
     }
