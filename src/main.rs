@@ -6,12 +6,20 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use huntflow::config::{self, Overrides, Settings};
+use huntflow::config::{self, Overrides, Role, Settings};
 use huntflow::simulate::{SimulateOptions, TrafficShape};
+use huntflow::telemetry::LogFormat;
 use huntflow::topology::Topology;
 
 #[derive(Parser)]
-#[command(name = "huntflow", version, about = "Exactly-once stream processing for live treasure hunts")]
+// args_override_self: a repeated flag takes its last value, so wrappers such as
+// scripts/run-demo can pass defaults that the caller's flags override.
+#[command(
+    name = "huntflow",
+    version,
+    about = "Exactly-once stream processing for live treasure hunts",
+    args_override_self = true
+)]
 struct Cli {
     /// Settings file (e.g. config/local.yaml). Precedence: defaults < file < HUNTFLOW_* env < flags.
     #[arg(long, global = true, env = "HUNTFLOW_CONFIG")]
@@ -28,6 +36,9 @@ struct Cli {
     /// Ingest listen address (port 0 picks a free port).
     #[arg(long, global = true)]
     listen: Option<String>,
+    /// Log lines as text (colours only on a terminal) or one JSON object per line.
+    #[arg(long, global = true, value_enum, env = "HUNTFLOW_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,8 +121,15 @@ enum Command {
         #[command(subcommand)]
         action: TopologyAction,
     },
-    /// Print the effective settings, secrets redacted.
-    Config,
+    /// Print the effective settings, secrets redacted; --check also validates them.
+    Config {
+        /// Load settings and topology, validate librdkafka properties, name every wrong field; exit 0/1.
+        #[arg(long)]
+        check: bool,
+        /// With --check: also what this command needs (e.g. ingest: shard tokens; worker: brokers).
+        #[arg(long = "for", value_enum, requires = "check")]
+        role: Option<Role>,
+    },
     /// Benchmarks that print numbers (no thresholds).
     Bench {
         #[command(subcommand)]
@@ -232,8 +250,8 @@ impl SimArgs {
 }
 
 fn main() -> ExitCode {
-    huntflow::telemetry::init_logging();
     let cli = Cli::parse();
+    huntflow::telemetry::init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -256,10 +274,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let load = || Settings::load(cli.config.as_deref(), &config::process_env(), &overrides);
     match cli.command {
         Command::Topology { action: TopologyAction::Validate { file } } => Ok(validate(&file)),
-        Command::Config => {
+        Command::Config { check: false, .. } => {
             print!("{}", load()?.describe());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Config { check: true, role } => Ok(check_config(load(), role)),
         Command::Run { sim, workers, verify, no_live } => {
             let settings = load()?;
             let opts = huntflow::run::RunOptions {
@@ -405,6 +424,35 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `config --check`: the effective settings, what the command would bind,
+/// then every problem; exit 1 if there is any.
+fn check_config(loaded: Result<Settings, config::ConfigError>, role: Option<Role>) -> ExitCode {
+    let settings = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    print!("{}", settings.describe());
+    let report = config::check(&settings, role, &config::process_env());
+    for (what, addr) in &report.binds {
+        println!("binds: {what} {addr}");
+    }
+    if let Some(hash) = &report.topology_hash {
+        println!("topology hash: {hash}");
+    }
+    if report.problems.is_empty() {
+        println!("settings ok");
+        return ExitCode::SUCCESS;
+    }
+    println!("invalid settings:");
+    for p in &report.problems {
+        println!("  {p}");
+    }
+    ExitCode::from(1)
 }
 
 fn validate(file: &std::path::Path) -> ExitCode {

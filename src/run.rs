@@ -72,7 +72,7 @@ pub async fn start_ingest(
     tokens: ShardTokens,
     shutdown: CancellationToken,
 ) -> Result<IngestHandle, RunError> {
-    let registry = Registry::new();
+    let registry = crate::telemetry::registry();
     let producer = EventProducer::new(&cluster, topology, settings.ingest.delivery_timeout)?;
     let state = Arc::new(IngestState::new(
         topology.clone(),
@@ -229,7 +229,8 @@ pub async fn serve_until(settings: Settings, shutdown: CancellationToken) -> Res
     let topology = Topology::load(&settings.topology)?;
     let cluster = Cluster::connect(&settings, &topology)?;
     let boards = Boards::new(&topology, settings.query_closed_window_retention);
-    let handle = start_query_with(settings.query_listen, &cluster, &topology, Registry::new(), boards).await?;
+    let handle =
+        start_query_with(settings.query_listen, &cluster, &topology, crate::telemetry::registry(), boards).await?;
     tracing::info!(addr = %handle.addr, "query API listening");
     shutdown.cancelled().await;
     handle.stop().await
@@ -343,7 +344,7 @@ pub async fn main_job(
     if let Some(dir) = &scratch {
         settings.state_dir = dir.clone();
     }
-    let registry = Registry::new();
+    let registry = crate::telemetry::registry();
     let pipeline =
         Pipeline::start(&settings, &cluster, &topology, opts.workers_per_stage, WorkerMetrics::new(&registry));
     let boards = Boards::new(&topology, settings.query_closed_window_retention);
@@ -450,7 +451,7 @@ pub async fn stage_worker(
 ) -> Result<crate::stage::WorkerReport, RunError> {
     let topology = Topology::load(&settings.topology)?;
     let cluster = Cluster::connect(&settings, &topology)?;
-    let registry = Registry::new();
+    let registry = crate::telemetry::registry();
     let metrics = crate::stage::WorkerMetrics::new(&registry);
     let server = serve_metrics(settings.worker_metrics_listen, registry, shutdown.clone()).await?;
     let mut cfg = pipeline::worker_config(kind, &settings, &cluster, &topology, instance);
@@ -499,7 +500,7 @@ pub async fn kinesis_bridge(
         .into());
     }
     let cluster = Cluster::connect(&settings, &topology)?;
-    let registry = Registry::new();
+    let registry = crate::telemetry::registry();
     let server = serve_metrics(settings.worker_metrics_listen, registry.clone(), shutdown.clone()).await?;
     let opts = crate::kinesis::BridgeOptions {
         kinesis: crate::kinesis::connect(&settings).await,

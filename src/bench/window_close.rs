@@ -96,7 +96,8 @@ pub async fn window_close(windows: usize, window_ms: u64, grace_ms: u64) -> Resu
     settings.state_dir = dir.clone();
     settings.ingest.listen = "127.0.0.1:0".parse().map_err(|_| RunError::Bench("listen address".into()))?;
     let cluster = Arc::new(Cluster::connect(&settings, &topology)?);
-    let pipeline = Pipeline::start(&settings, &cluster, &topology, 1, WorkerMetrics::new(&Registry::new()));
+    let pipeline =
+        Pipeline::start(&settings, &cluster, &topology, 1, WorkerMetrics::new(&crate::telemetry::registry()));
     let (tokens, pairs) = ShardTokens::generate(1);
     let stop = CancellationToken::new();
     let ingest = start_ingest(&settings, &topology, cluster.clone(), tokens, stop.clone()).await?;

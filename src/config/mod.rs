@@ -5,6 +5,7 @@
 //! tokens, SASL/SSL passwords) are accepted only from the environment or from
 //! files they point to, and are never printed.
 
+mod check;
 mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use check::{check, CheckReport, Role};
 pub use secrets::{parse_token_pairs, shard_name, ShardTokens, TokenCheck};
 
 /// librdkafka properties that carry secrets: refused in config files.
@@ -390,7 +392,7 @@ impl Settings {
             })
             .collect();
         format!(
-            "brokers: {}\nkafka: {:?}\ntopology: {}\nstate_dir: {}\ningest: {:?}\nquery.listen: {}, closed_window_retention: {:?}\nshard_tokens: {} shard(s) <redacted>\nkinesis: endpoint {}, region {}\n",
+            "brokers: {}\nkafka: {:?}\ntopology: {}\nstate_dir: {}\ningest: {:?}\nquery.listen: {}, closed_window_retention: {:?}\nworker: metrics_listen {}, session_timeout {:?}, transaction_timeout {:?}\nshard_tokens: {} shard(s) <redacted>\nkinesis: endpoint {}, region {}\n",
             self.brokers.as_deref().unwrap_or("<embedded mock cluster>"),
             kafka,
             self.topology.display(),
@@ -398,6 +400,9 @@ impl Settings {
             self.ingest,
             self.query_listen,
             self.query_closed_window_retention,
+            self.worker_metrics_listen,
+            self.worker_session_timeout,
+            self.worker_transaction_timeout,
             self.shard_tokens.len(),
             self.kinesis_endpoint.as_deref().unwrap_or("<AWS default>"),
             self.kinesis_region.as_deref().unwrap_or("<AWS chain>"),

@@ -63,3 +63,37 @@ fn unknown_fields_in_the_settings_file_are_rejected() {
     let err = Settings::load(Some(f.path()), &HashMap::new(), &Overrides::default()).unwrap_err().to_string();
     assert!(err.contains("unknown field `brokrs`"), "{err}");
 }
+
+#[test]
+fn check_names_every_problem_for_the_command() {
+    let f = file("topology: /nonexistent/topology.yaml\nkafka: { no.such.property: x }\n");
+    let s = Settings::load(Some(f.path()), &HashMap::new(), &Overrides::default()).unwrap();
+    let env = HashMap::from([
+        ("HUNTFLOW_INSTANCE".to_string(), "pod-1".to_string()),
+        ("HUNTFLOW_WORKER_METRICS_LISTEN".to_string(), "0.0.0.0:1".to_string()),
+    ]);
+    let report = check(&s, Some(Role::Worker), &env);
+    let all = report.problems.join("\n");
+    for needle in
+        ["/nonexistent/topology.yaml", "no.such.property", "`pod-1`", "brokers", "HUNTFLOW_WORKER_METRICS_LISTEN"]
+    {
+        assert!(all.contains(needle), "{needle} missing from {all}");
+    }
+    assert_eq!(report.binds, vec![("metrics", s.worker_metrics_listen)]);
+}
+
+#[test]
+fn check_of_ingest_needs_tokens_and_workers_do_not() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let flags = Overrides {
+        topology: Some(root.join("topology/treasure-hunt.yaml")),
+        brokers: Some("kafka:9092".into()),
+        ..Default::default()
+    };
+    let s = Settings::load(None, &HashMap::new(), &flags).unwrap();
+    assert!(check(&s, Some(Role::Worker), &HashMap::new()).problems.is_empty());
+    let ingest = check(&s, Some(Role::Ingest), &HashMap::new()).problems.join("\n");
+    assert!(ingest.contains("HUNTFLOW_SHARD_TOKENS_FILE"), "{ingest}");
+    let bridge = check(&s, Some(Role::KinesisBridge), &HashMap::new()).problems.join("\n");
+    assert!(bridge.contains("source.kind is not kinesis"), "{bridge}");
+}
