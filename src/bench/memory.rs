@@ -121,8 +121,10 @@ pub async fn memory(settings: &Settings, o: MemoryOptions) -> Result<MemoryBench
         }
         if said.elapsed() > Duration::from_secs(10) {
             eprintln!(
-                "  claim accepted {accepted:.0}, score processed {scored:.0} ({:.0} s)",
-                started.elapsed().as_secs_f64()
+                "  claim accepted {accepted:.0}, score processed {scored:.0} ({:.0} s); score peak RSS {} MiB, fds {}",
+                started.elapsed().as_secs_f64(),
+                bench.score.peak_rss >> 20,
+                bench.score.peak_fds
             );
             said = Instant::now();
         }
