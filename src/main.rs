@@ -63,6 +63,10 @@ enum Command {
         /// transactional.id, so a restarted worker fences its predecessor.
         #[arg(long, env = "HUNTFLOW_INSTANCE", default_value_t = 0)]
         instance: u32,
+        /// Keep local state built with other hunts, tiers or reward tables
+        /// (refused by default: the state's keys and standings would be wrong).
+        #[arg(long, env = "HUNTFLOW_ALLOW_TOPOLOGY_CHANGE")]
+        allow_topology_change: bool,
     },
     /// Copy the topology's Kinesis stream into the events topic, exactly once, until SIGTERM.
     KinesisBridge {
@@ -208,6 +212,16 @@ enum BenchWhich {
         #[arg(long, default_value_t = 4)]
         shards: i32,
     },
+    /// With no traffic, wall time from a window's end until its prize
+    /// batches are readable (the ingest heartbeats alone close it).
+    WindowClose {
+        #[arg(long, default_value_t = 3)]
+        windows: usize,
+        #[arg(long, default_value_t = 10_000)]
+        window_ms: u64,
+        #[arg(long, default_value_t = 2_000)]
+        grace_ms: u64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -238,10 +252,14 @@ struct SimArgs {
     /// Distinct chest keys (fewer keys, more collisions across shards).
     #[arg(long, default_value_t = 20_000)]
     chest_keys: u64,
-    /// Event-time milliseconds between two events of one shard (sets how
-    /// many 60 s prize windows a run spans).
+    /// Event-time milliseconds between two events of one shard, with
+    /// --start-time-ms (default: events carry the wall clock).
     #[arg(long, default_value_t = 20)]
     event_interval_ms: i64,
+    /// Event time of each shard's first event, epoch ms (reproducible event
+    /// times; far from now they are late or in the future for the pipeline).
+    #[arg(long)]
+    start_time_ms: Option<i64>,
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -263,6 +281,7 @@ impl SimArgs {
                 malformed_ratio: self.malformed,
                 late_ratio: self.late,
                 event_interval_ms: self.event_interval_ms,
+                start_time_ms: self.start_time_ms,
                 ..TrafficShape::default()
             },
         }
@@ -338,10 +357,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             huntflow::run::ingest_until(load()?, huntflow::signals::shutdown_token()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker { stage, instance } => {
+        Command::Worker { stage, instance, allow_topology_change } => {
             let kind = huntflow::pipeline::StageKind::parse(&stage).context("unknown stage")?;
-            let report =
-                huntflow::run::stage_worker(load()?, kind, instance, huntflow::signals::shutdown_token()).await?;
+            let shutdown = huntflow::signals::shutdown_token();
+            let report = huntflow::run::stage_worker(load()?, kind, instance, allow_topology_change, shutdown).await?;
             println!(
                 "{stage} worker {instance} stopped: {} processed, {} skipped, {} commits, {} aborts, {} records restored, {} already local",
                 report.processed, report.skipped, report.commits, report.aborts, report.restored, report.already_local
@@ -456,6 +475,9 @@ async fn bench(which: BenchWhich, settings: &Settings) -> Result<ExitCode> {
         }
         BenchWhich::Kinesis { records, shards } => print!("{}", bench::kinesis(settings, records, shards).await?),
         BenchWhich::Ingest { events } => print!("{}", bench::ingest(settings, events).await?),
+        BenchWhich::WindowClose { windows, window_ms, grace_ms } => {
+            println!("{}", bench::window_close(windows, window_ms, grace_ms).await?)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,8 @@ pub enum RunError {
     Kinesis(#[from] crate::kinesis::KinesisError),
     #[error("no shard tokens configured: set HUNTFLOW_SHARD_TOKENS or shard_tokens_file")]
     NoTokens,
+    #[error("benchmark: {0}")]
+    Bench(String),
 }
 
 /// A running ingest server.
@@ -190,14 +192,26 @@ impl QueryHandle {
     }
 }
 
-/// Starts the query API on `listen` (port 0 picks a free one).
+/// Starts the query API on `listen` (port 0 picks a free one), keeping
+/// closed windows for the default retention.
 pub async fn start_query(
     listen: SocketAddr,
     cluster: &Cluster,
     topology: &Topology,
     registry: Registry,
 ) -> Result<QueryHandle, RunError> {
-    let boards = Boards::default();
+    let retention = Settings::default().query_closed_window_retention;
+    start_query_with(listen, cluster, topology, registry, Boards::new(topology, retention)).await
+}
+
+/// Starts the query API on `listen` serving (and filling) `boards`.
+pub async fn start_query_with(
+    listen: SocketAddr,
+    cluster: &Cluster,
+    topology: &Topology,
+    registry: Registry,
+    boards: Boards,
+) -> Result<QueryHandle, RunError> {
     let stop = CancellationToken::new();
     let topic = topology.spec().topics.leaderboards.name.clone();
     let thread = query::materialize(&cluster.client_config(), &topic, boards.clone(), stop.clone())?;
@@ -214,7 +228,8 @@ pub async fn start_query(
 pub async fn serve_until(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
     let topology = Topology::load(&settings.topology)?;
     let cluster = Cluster::connect(&settings, &topology)?;
-    let handle = start_query(settings.query_listen, &cluster, &topology, Registry::new()).await?;
+    let boards = Boards::new(&topology, settings.query_closed_window_retention);
+    let handle = start_query_with(settings.query_listen, &cluster, &topology, Registry::new(), boards).await?;
     tracing::info!(addr = %handle.addr, "query API listening");
     shutdown.cancelled().await;
     handle.stop().await
@@ -297,6 +312,16 @@ pub async fn drain_and_verify(
     }
 }
 
+/// Wall time until the window holding "now" closed and two heartbeats
+/// carried that to the stages.
+fn last_window_wait(topology: &Topology) -> Duration {
+    let Ok(windows) = crate::windowing::prize_windows(topology) else { return Duration::ZERO };
+    let now = crate::event::now_ms();
+    let beat = topology.spec().ingest.heartbeat_interval.as_millis() as i64;
+    let close = windows.closes_at(windows.window_start(now)) + 2 * beat;
+    Duration::from_millis((close - now).max(0) as u64)
+}
+
 /// `huntflow run`: broker (embedded unless configured) + ingest + the three
 /// stages + query API + simulated shards over HTTP. Stops after `events`
 /// (then drains) or when `shutdown` fires.
@@ -321,7 +346,8 @@ pub async fn main_job(
     let registry = Registry::new();
     let pipeline =
         Pipeline::start(&settings, &cluster, &topology, opts.workers_per_stage, WorkerMetrics::new(&registry));
-    let query = start_query(settings.query_listen, &cluster, &topology, registry.clone()).await?;
+    let boards = Boards::new(&topology, settings.query_closed_window_retention);
+    let query = start_query_with(settings.query_listen, &cluster, &topology, registry.clone(), boards).await?;
     let (tokens, pairs) = ShardTokens::generate(opts.simulate.shards);
     let ingest_stop = CancellationToken::new();
     let ingest = start_ingest(&settings, &topology, cluster.clone(), tokens, ingest_stop.clone()).await?;
@@ -348,6 +374,16 @@ pub async fn main_job(
 
     let target = Target::Http { base_url: format!("http://{}", ingest.addr), tokens: pairs };
     let result = simulate::run(&topology, target, opts.simulate.clone(), shutdown.clone()).await;
+    if result.is_ok() && !shutdown.is_cancelled() {
+        // The last windows close on the ingest's heartbeats (wall clock):
+        // keep the writer alive until they passed end + grace.
+        let wait = last_window_wait(&topology);
+        eprintln!("waiting {:.0} s for the last prize window to close on the heartbeats", wait.as_secs_f64());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
     ingest_stop.cancel();
     let ingest_addr = ingest.addr;
     ingest.join().await?;
@@ -409,6 +445,7 @@ pub async fn stage_worker(
     settings: Settings,
     kind: StageKind,
     instance: u32,
+    allow_topology_change: bool,
     shutdown: CancellationToken,
 ) -> Result<crate::stage::WorkerReport, RunError> {
     let topology = Topology::load(&settings.topology)?;
@@ -416,7 +453,8 @@ pub async fn stage_worker(
     let registry = Registry::new();
     let metrics = crate::stage::WorkerMetrics::new(&registry);
     let server = serve_metrics(settings.worker_metrics_listen, registry, shutdown.clone()).await?;
-    let cfg = pipeline::worker_config(kind, &settings, &cluster, &topology, instance);
+    let mut cfg = pipeline::worker_config(kind, &settings, &cluster, &topology, instance);
+    cfg.allow_topology_change = allow_topology_change;
     let result = pipeline::run_stage(kind, cfg, &topology, metrics, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;

@@ -211,3 +211,129 @@ async fn an_abortable_commit_failure_rewinds_and_the_result_stays_exact() {
     // physical count may be higher, which is exactly why lineage exists.
     assert!(acc.len() >= 300);
 }
+
+/// The test topology plus a second hunt, `spring-2027`, with the same tiers.
+fn two_hunt_topology() -> Topology {
+    test_topology(|s| {
+        for t in [&mut s.topics.events, &mut s.topics.accepted] {
+            t.partitions = 4;
+        }
+        let mut second = s.hunts[0].clone();
+        second.id = format!("spring-{}", common::random_suffix());
+        s.hunts.push(second);
+    })
+}
+
+fn in_hunt(mut e: GameEvent, hunt: &str, shard: &str) -> GameEvent {
+    e.hunt_id = hunt.into();
+    e.shard_id = shard.into();
+    e
+}
+
+fn dead_letters_by_code(dlq: &[OwnedMessage]) -> BTreeMap<String, Vec<&OwnedMessage>> {
+    let mut out: BTreeMap<String, Vec<&OwnedMessage>> = BTreeMap::new();
+    for m in logical(dlq).into_values() {
+        out.entry(header_str(m, HEADER_REASON_CODE).unwrap_or_default()).or_default().push(m);
+    }
+    out
+}
+
+/// (shard, event id) of every logically accepted event.
+fn accepted_scoped_ids(msgs: &[OwnedMessage]) -> BTreeSet<(String, String)> {
+    logical(msgs)
+        .values()
+        .map(|m| huntflow::event::decode(m.payload().unwrap(), 1 << 20).unwrap())
+        .map(|e| (e.shard_id, e.event_id))
+        .collect()
+}
+
+/// verify's claim checks (accepted set, dead-letter counts) on what was written.
+async fn verify_claim_rows(cluster: &Cluster, topology: &Topology) -> Vec<String> {
+    let report = huntflow::verify::verify(cluster.client_config(), topology, Duration::from_secs(20)).await.unwrap();
+    report.problems.into_iter().filter(|p| p.starts_with("claim ") || p.contains("accepted")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hunts_with_the_same_chest_key_both_have_a_winner() {
+    let topology = two_hunt_topology();
+    let (winter, spring) = (topology.spec().hunts[0].id.clone(), topology.spec().hunts[1].id.clone());
+    let cluster = Cluster::connect(&huntflow::config::Settings::default(), &topology).unwrap();
+    let chest = format!("chest-{}", common::random_suffix());
+    let events = vec![
+        in_hunt(event("w-1", "p1", Some(&chest), 1_000), &winter, "shard-0"),
+        in_hunt(event("s-1", "p2", Some(&chest), 1_001), &spring, "shard-1"),
+        in_hunt(event("s-2", "p3", Some(&chest), 1_002), &spring, "shard-1"),
+    ];
+    produce(&cluster, &topology, &events, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    run_until(&cluster, &topology, dir.path(), 3).await;
+
+    let (acc, dlq) = outputs(&cluster, &topology).await;
+    assert_eq!(accepted_ids(&acc), BTreeSet::from(["w-1".to_owned(), "s-1".to_owned()]));
+    let codes = dead_letters_by_code(&dlq);
+    assert_eq!(codes.keys().collect::<Vec<_>>(), ["chest_already_claimed"]);
+    let lost = codes["chest_already_claimed"][0];
+    assert_eq!(huntflow::event::decode(lost.payload().unwrap(), 1 << 20).unwrap().event_id, "s-2");
+    // The events topic stays keyed by the chest key alone (a contract).
+    let events_topic = &topology.spec().topics.events.name;
+    let written = read_topic(cluster.bootstrap(), events_topic, 3, Duration::from_secs(10)).await;
+    assert!(written.iter().all(|m| m.key() == Some(chest.as_bytes())));
+    assert_eq!(verify_claim_rows(&cluster, &topology).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_cannot_suppress_another_shards_event_by_posting_its_id_first() {
+    let topology = topology_clone();
+    let cluster = Cluster::connect(&huntflow::config::Settings::default(), &topology).unwrap();
+    let id = format!("shard-0-{}", common::random_suffix());
+    let hunt = topology.spec().hunts[0].id.clone();
+    let squatter = in_hunt(event(&id, "p-evil", None, 1_000), &hunt, "shard-9");
+    let genuine = in_hunt(event(&id, "p-good", None, 1_001), &hunt, "shard-0");
+    // A retry of the genuine event, then a changed copy: the dead letter of
+    // the latter (same partition, later offset) shows the retry was handled.
+    let changed = GameEvent { points: 77, ..genuine.clone() };
+    produce(&cluster, &topology, &[squatter, genuine.clone(), genuine, changed], &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    run_until(&cluster, &topology, dir.path(), 3).await;
+
+    let (acc, dlq) = outputs(&cluster, &topology).await;
+    let want = BTreeSet::from([("shard-9".to_owned(), id.clone()), ("shard-0".to_owned(), id.clone())]);
+    assert_eq!(accepted_scoped_ids(&acc), want, "both shards' events count");
+    assert_eq!(logical(&acc).len(), 2, "the retry is dropped");
+    let codes = dead_letters_by_code(&dlq);
+    assert_eq!(codes.keys().collect::<Vec<_>>(), ["conflicting_duplicate"]);
+    assert_eq!(verify_claim_rows(&cluster, &topology).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_copy_with_different_content_is_dead_lettered_as_a_conflicting_duplicate() {
+    let topology = topology_clone();
+    let cluster = Cluster::connect(&huntflow::config::Settings::default(), &topology).unwrap();
+    let id = format!("ev-{}", common::random_suffix());
+    let first = event(&id, "p1", None, 1_000);
+    let more_points = GameEvent { points: 500, ..first.clone() };
+    let other_player = GameEvent { player_id: "p2".into(), ..first.clone() };
+    // One partition (same key), in this order: the last dead letter shows
+    // that the retries before it were handled (and dropped).
+    let events = [first.clone(), first.clone(), more_points.clone(), first.clone(), other_player.clone()];
+    produce(&cluster, &topology, &events, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    run_until(&cluster, &topology, dir.path(), 3).await;
+
+    let (acc, dlq) = outputs(&cluster, &topology).await;
+    assert_eq!(logical(&acc).len(), 1);
+    let accepted = huntflow::event::decode(logical(&acc).values().next().unwrap().payload().unwrap(), 1 << 20).unwrap();
+    assert_eq!(accepted, first, "the first copy counts");
+    let codes = dead_letters_by_code(&dlq);
+    assert_eq!(codes.keys().collect::<Vec<_>>(), ["conflicting_duplicate"]);
+    let conflicts = &codes["conflicting_duplicate"];
+    assert_eq!(conflicts.len(), 2);
+    let payloads: BTreeSet<Vec<u8>> = conflicts.iter().map(|m| m.payload().unwrap().to_vec()).collect();
+    assert_eq!(payloads, BTreeSet::from([more_points.encode(), other_player.encode()]), "kept verbatim");
+    for m in conflicts {
+        let reason = header_str(*m, huntflow::kafka::HEADER_REASON).unwrap();
+        assert!(reason.contains(&id) && reason.contains("different content"), "{reason}");
+        assert_eq!(header_str(*m, huntflow::kafka::HEADER_STAGE).as_deref(), Some("claim"));
+    }
+    assert_eq!(verify_claim_rows(&cluster, &topology).await, Vec::<String>::new());
+}

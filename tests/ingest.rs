@@ -189,6 +189,79 @@ async fn a_broken_json_array_is_dead_lettered_whole_with_400() {
     h.shutdown().await;
 }
 
+async fn post_array(h: &Harness, shard: &str, body: &[u8]) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(h.events_url(shard))
+        .bearer_auth(h.token(shard))
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_json_array_counts_against_the_shards_rate_limit_before_it_is_dead_lettered() {
+    let topology = test_topology(|s| {
+        s.ingest.events_per_second_per_shard = 1;
+        s.ingest.burst_per_shard = 3;
+    });
+    let h = Harness::start(topology, 2, |_| {}).await;
+    let broken = format!("[{{\"v\":1}}, {{oops-{}", common::random_suffix()).into_bytes();
+    for _ in 0..3 {
+        assert_eq!(post_array(&h, "shard-0", &broken).await.status(), 400);
+    }
+    // The burst is spent: neither another broken body nor a valid event passes.
+    let r = post_array(&h, "shard-0", &broken).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let valid = ndjson(&[event(0, "shard-0", EventKind::ClueSolved)]);
+    assert_eq!(post(&h, "shard-0", &h.token("shard-0"), valid).await.status(), 429);
+    // Another shard has its own limit.
+    assert_eq!(post_array(&h, "shard-1", &broken).await.status(), 400);
+
+    let topic = &h.topology.spec().topics.dead_letter.name;
+    let got = read_topic(h.cluster.bootstrap(), topic, 4, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 4, "3 broken bodies of shard-0 and 1 of shard-1, nothing refused was written");
+    assert!(got.iter().all(|m| header_str(m, HEADER_REASON_CODE).as_deref() == Some("malformed_batch")));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_json_array_holds_the_in_flight_budget_while_it_is_dead_lettered() {
+    let h = Harness::start(test_topology(|_| {}), 2, |s| {
+        s.ingest.max_in_flight_events = 1;
+        s.ingest.queue_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let broker = h.cluster.embedded().unwrap();
+    for id in broker.broker_ids() {
+        broker.set_round_trip_time(id, Duration::from_secs(3)).unwrap();
+    }
+    let slow = {
+        let (url, token) = (h.events_url("shard-0"), h.token("shard-0"));
+        tokio::spawn(async move {
+            let body = b"[{\"v\":1}, {oops".to_vec();
+            reqwest::Client::new().post(url).bearer_auth(token).body(body).send().await.unwrap().status()
+        })
+    };
+    // Wait (bounded) until the broken body holds the whole budget.
+    let mut held = false;
+    for _ in 0..100 {
+        let m = reqwest::get(format!("{}/metrics", h.base_url)).await.unwrap().text().await.unwrap();
+        if m.contains("huntflow_ingest_in_flight_events 1") {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held, "a broken body being dead-lettered is in flight");
+    let r = post(&h, "shard-1", &h.token("shard-1"), ndjson(&[event(0, "shard-1", EventKind::ClueSolved)])).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(slow.await.unwrap(), 400, "the broken body is still dead-lettered");
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_broker_makes_ingest_push_back_with_503_instead_of_queueing() {
     let h = Harness::start(test_topology(|_| {}), 2, |s| {
@@ -267,13 +340,12 @@ async fn a_100k_event_simulation_accounts_for_every_event() {
     assert!(report.duplicates_sent > 1_000 && report.malformed_sent > 500);
 
     let topics = &h.topology.spec().topics;
-    let counts = h
-        .cluster
-        .record_counts(vec![topics.events.name.clone(), topics.dead_letter.name.clone()], Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(counts[0].1 as u64, report.accepted, "events topic");
-    assert_eq!(counts[1].1 as u64, report.rejected, "dead-letter topic");
+    // The events topic also holds ingest's heartbeats; read_topic skips them.
+    let want = report.accepted as usize;
+    let events = read_topic(h.cluster.bootstrap(), &topics.events.name, want, Duration::from_secs(30)).await;
+    assert_eq!(events.len() as u64, report.accepted, "events topic");
+    let counts = h.cluster.record_counts(vec![topics.dead_letter.name.clone()], Duration::from_secs(10)).await.unwrap();
+    assert_eq!(counts[0].1 as u64, report.rejected, "dead-letter topic");
 
     let metrics = reqwest::get(format!("{}/metrics", h.base_url)).await.unwrap().text().await.unwrap();
     assert!(

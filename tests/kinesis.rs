@@ -107,7 +107,9 @@ async fn put_at(
     seed: u64,
     rate: Option<f64>,
 ) -> u64 {
-    let shape = TrafficShape { seed, event_interval_ms: 200, ..Default::default() };
+    // The bridge writes no heartbeats: time follows event times, so spread them.
+    let shape =
+        TrafficShape { seed, event_interval_ms: 200, start_time_ms: Some(1_767_225_600_000), ..Default::default() };
     let opts = SimulateOptions { events: Some(events), shards: 8, shape, rate, batch_size: 100, ..Default::default() };
     let target = Target::Kinesis { client: client.clone(), stream: stream.into() };
     let report = simulate::run(topology, target, opts, CancellationToken::new()).await.unwrap();

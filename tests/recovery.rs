@@ -13,13 +13,19 @@ use huntflow::config::Settings;
 use huntflow::kafka::{Cluster, EventProducer};
 use huntflow::pipeline::{run_stage, worker_config, Pipeline, StageKind};
 use huntflow::run::drain_and_verify;
-use huntflow::simulate::{self, SimulateOptions, Target};
+use huntflow::simulate::{self, SimulateOptions, Target, TrafficShape};
 use huntflow::stage::WorkerMetrics;
 use huntflow::topology::Topology;
 use prometheus::Registry;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
+
+/// Straight into Kafka, without writer heartbeats: time follows event times,
+/// spread over several prize windows.
+fn spread() -> TrafficShape {
+    TrafficShape { start_time_ms: Some(1_767_225_600_000), ..Default::default() }
+}
 
 fn spawn_worker(bootstrap: &str, state: &Path, stage: StageKind, instance: u32) -> Child {
     Command::new(env!("CARGO_BIN_EXE_huntflow"))
@@ -68,7 +74,7 @@ async fn sigkilled_and_restarted_workers_lose_and_duplicate_nothing() {
         }
     }
     let producer = EventProducer::new(&cluster, &topology, Duration::from_secs(30)).unwrap();
-    let sim = SimulateOptions { events: Some(60_000), rate: Some(3_000.0), ..Default::default() };
+    let sim = SimulateOptions { events: Some(60_000), rate: Some(3_000.0), shape: spread(), ..Default::default() };
     let feeding = tokio::spawn({
         let topology = topology.clone();
         async move { simulate::run(&topology, Target::Kafka(producer), sim, CancellationToken::new()).await }
@@ -120,7 +126,7 @@ async fn workers_joining_and_leaving_mid_stream_keep_results_exact() {
     let pipeline = Pipeline::start(&settings, &cluster, &topology, 1, metrics.clone());
 
     let producer = EventProducer::new(&cluster, &topology, Duration::from_secs(30)).unwrap();
-    let sim = SimulateOptions { events: Some(60_000), rate: Some(4_000.0), ..Default::default() };
+    let sim = SimulateOptions { events: Some(60_000), rate: Some(4_000.0), shape: spread(), ..Default::default() };
     let feeding = tokio::spawn({
         let topology = topology.clone();
         async move { simulate::run(&topology, Target::Kafka(producer), sim, CancellationToken::new()).await }

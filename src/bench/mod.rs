@@ -13,12 +13,14 @@ mod proc;
 mod restart;
 mod stats;
 mod traffic;
+mod window_close;
 
 pub use kinesis::{kinesis, KinesisBench};
 pub use latency::{latency, LatencyBench, LatencyOptions};
 pub use memory::{memory, MemoryBench, MemoryOptions};
 pub use pipeline::{pipeline, PipelineBench};
 pub use restart::{restart_bench, BenchError, RestartBench, RestartOptions};
+pub use window_close::{window_close, WindowCloseBench};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

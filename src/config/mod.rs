@@ -87,6 +87,9 @@ pub struct WorkerFile {
 pub struct QueryFile {
     /// Address the leaderboard query API binds, e.g. `0.0.0.0:8081`.
     pub listen: Option<String>,
+    /// How long (event time, ms) a closed window's leaderboard stays in the
+    /// query API's memory after its close (end + grace).
+    pub closed_window_retention_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -124,6 +127,8 @@ pub struct Settings {
     pub ingest: IngestSettings,
     /// Where `serve` (and `run`) answer leaderboard queries.
     pub query_listen: SocketAddr,
+    /// Event time a closed window's board stays queryable after its close.
+    pub query_closed_window_retention: Duration,
     pub worker_session_timeout: Duration,
     pub worker_transaction_timeout: Duration,
     pub worker_metrics_listen: SocketAddr,
@@ -158,6 +163,7 @@ impl Default for Settings {
                 delivery_timeout: Duration::from_secs(30),
             },
             query_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            query_closed_window_retention: Duration::from_secs(600),
             worker_session_timeout: Duration::from_secs(10),
             worker_transaction_timeout: Duration::from_secs(30),
             worker_metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
@@ -217,6 +223,7 @@ impl Settings {
         if let Some(v) = parsed.ingest.delivery_timeout_ms {
             s.ingest.delivery_timeout = Duration::from_millis(v);
         }
+        let mut retention_ms = parsed.query.closed_window_retention_ms;
         let mut tokens_file = parsed.shard_tokens_file;
         let mut session_ms = parsed.worker.session_timeout_ms;
         let txn_ms = parsed.worker.transaction_timeout_ms;
@@ -256,6 +263,14 @@ impl Settings {
         }
         if let Some(v) = get("HUNTFLOW_QUERY_LISTEN") {
             query_listen = Some(v);
+        }
+        if let Some(v) = get("HUNTFLOW_QUERY_CLOSED_WINDOW_RETENTION_MS") {
+            match v.parse() {
+                Ok(ms) => retention_ms = Some(ms),
+                Err(_) => {
+                    problems.push(format!("HUNTFLOW_QUERY_CLOSED_WINDOW_RETENTION_MS: `{v}` is not a number of ms"))
+                }
+            }
         }
         if let Some(v) = get("HUNTFLOW_SHARD_TOKENS_FILE") {
             tokens_file = Some(v.into());
@@ -313,6 +328,13 @@ impl Settings {
             Some(ms) => s.worker_transaction_timeout = Duration::from_millis(ms),
             None => {}
         }
+        match retention_ms {
+            Some(ms) if ms > 7 * 86_400_000 => {
+                problems.push(format!("query.closed_window_retention_ms: {ms} is above 7 days (604800000)"))
+            }
+            Some(ms) => s.query_closed_window_retention = Duration::from_millis(ms),
+            None => {}
+        }
         if s.ingest.max_body_bytes < 1024 {
             problems.push("ingest.max_body_bytes: must be at least 1024".into());
         }
@@ -368,13 +390,14 @@ impl Settings {
             })
             .collect();
         format!(
-            "brokers: {}\nkafka: {:?}\ntopology: {}\nstate_dir: {}\ningest: {:?}\nquery.listen: {}\nshard_tokens: {} shard(s) <redacted>\nkinesis: endpoint {}, region {}\n",
+            "brokers: {}\nkafka: {:?}\ntopology: {}\nstate_dir: {}\ningest: {:?}\nquery.listen: {}, closed_window_retention: {:?}\nshard_tokens: {} shard(s) <redacted>\nkinesis: endpoint {}, region {}\n",
             self.brokers.as_deref().unwrap_or("<embedded mock cluster>"),
             kafka,
             self.topology.display(),
             self.state_dir.display(),
             self.ingest,
             self.query_listen,
+            self.query_closed_window_retention,
             self.shard_tokens.len(),
             self.kinesis_endpoint.as_deref().unwrap_or("<AWS default>"),
             self.kinesis_region.as_deref().unwrap_or("<AWS chain>"),

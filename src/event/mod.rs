@@ -15,6 +15,11 @@ pub const ENVELOPE_VERSION: u32 = 1;
 /// Upper bound on identifiers, so one event cannot smuggle a megabyte key.
 pub const MAX_ID_LEN: usize = 128;
 
+/// The writer's wall clock in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -106,6 +111,11 @@ pub enum DecodeError {
     UnknownTier { hunt: String, tier: String },
     #[error("event says shard `{event}` but was posted for shard `{path}`")]
     ShardMismatch { event: String, path: String },
+    #[error(
+        "event_time {event_time} from shard `{shard}` is {ahead_ms} ms ahead of the writer's clock \
+         (allowed skew {max_skew_ms} ms)"
+    )]
+    EventTimeInFuture { shard: String, event_time: i64, ahead_ms: i64, max_skew_ms: i64 },
 }
 
 impl DecodeError {
@@ -124,6 +134,7 @@ impl DecodeError {
             DecodeError::UnknownHunt(_) => "unknown_hunt",
             DecodeError::UnknownTier { .. } => "unknown_tier",
             DecodeError::ShardMismatch { .. } => "shard_mismatch",
+            DecodeError::EventTimeInFuture { .. } => "event_time_in_future",
         }
     }
 }
@@ -210,6 +221,21 @@ impl GameEvent {
         }
         if topology.tier_index(&self.hunt_id, &self.tier).is_none() {
             return Err(DecodeError::UnknownTier { hunt: self.hunt_id.clone(), tier: self.tier.clone() });
+        }
+        Ok(())
+    }
+
+    /// Refuses an event time more than `max_skew_ms` ahead of `now_ms` (the
+    /// writer's clock): one broken shard clock must not close every window.
+    pub fn check_clock(&self, now_ms: i64, max_skew_ms: i64) -> Result<(), DecodeError> {
+        let ahead_ms = self.event_time.saturating_sub(now_ms);
+        if ahead_ms > max_skew_ms {
+            return Err(DecodeError::EventTimeInFuture {
+                shard: self.shard_id.clone(),
+                event_time: self.event_time,
+                ahead_ms,
+                max_skew_ms,
+            });
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use axum::Json;
 use futures::future::join_all;
 use governor::clock::{Clock, DefaultClock};
 use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::batch::{self, BatchError};
 use super::IngestState;
@@ -75,17 +76,7 @@ async fn handle(s: &IngestState, shard: &str, headers: &HeaderMap, body: &[u8]) 
     let ndjson = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("ndjson"));
     let items = match batch::split(body, ndjson) {
         Ok(items) => items,
-        Err(BatchError::MalformedArray(why)) => {
-            // Nothing can be told apart in a broken array: keep the whole body.
-            let reason = format!("malformed JSON array: {why}");
-            return match dead_letter(s, shard, "malformed_batch", reason.clone(), body).await {
-                Ok(()) => {
-                    s.metrics.events.with_label_values(&["rejected"]).inc();
-                    error(StatusCode::BAD_REQUEST, format!("{reason} (the body was dead-lettered)"))
-                }
-                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}; dead-lettering failed too: {e}")),
-            };
-        }
+        Err(BatchError::MalformedArray(why)) => return malformed_array(s, shard, body, why).await,
     };
     if items.is_empty() {
         return error(StatusCode::BAD_REQUEST, "the batch holds no events");
@@ -98,6 +89,43 @@ async fn handle(s: &IngestState, shard: &str, headers: &HeaderMap, body: &[u8]) 
         );
     }
 
+    let permits = match admit(s, shard, n).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    s.metrics.in_flight.add(n as i64);
+    let response = process(s, shard, &items).await;
+    s.metrics.in_flight.sub(n as i64);
+    drop(permits);
+    response
+}
+
+/// A body that starts `[` but is not a JSON array: one dead-letter record,
+/// so it costs the shard one event of its rate limit and of the in-flight
+/// budget, like any event, before it is written.
+async fn malformed_array(s: &IngestState, shard: &str, body: &[u8], why: String) -> Response {
+    let permits = match admit(s, shard, 1).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    // Nothing can be told apart in a broken array: keep the whole body.
+    let reason = format!("malformed JSON array: {why}");
+    s.metrics.in_flight.add(1);
+    let written = dead_letter(s, shard, "malformed_batch", reason.clone(), body).await;
+    s.metrics.in_flight.sub(1);
+    drop(permits);
+    match written {
+        Ok(()) => {
+            s.metrics.events.with_label_values(&["rejected"]).inc();
+            error(StatusCode::BAD_REQUEST, format!("{reason} (the body was dead-lettered)"))
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}; dead-lettering failed too: {e}")),
+    }
+}
+
+/// Takes `n` events from the shard's rate limit, then `n` permits of the
+/// in-flight budget (waiting up to the queue timeout); or the answer to give.
+async fn admit(s: &IngestState, shard: &str, n: usize) -> Result<OwnedSemaphorePermit, Response> {
     let cells = NonZeroU32::new(n as u32).unwrap_or(NonZeroU32::MIN);
     match s.limiter.check_key_n(&shard.to_owned(), cells) {
         Ok(Ok(())) => {}
@@ -108,41 +136,46 @@ async fn handle(s: &IngestState, shard: &str, headers: &HeaderMap, body: &[u8]) 
             let mut r =
                 error(StatusCode::TOO_MANY_REQUESTS, format!("shard {shard} is over its rate limit; retry in {secs}s"));
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            return r;
+            return Err(r);
         }
         Err(_) => {
             let burst = s.topology.spec().ingest.burst_per_shard;
-            return error(
+            return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("{n} events exceed the shard burst of {burst}; send smaller batches"),
-            );
+            ));
         }
     }
 
-    let permits = match tokio::time::timeout(s.queue_timeout, s.budget.clone().acquire_many_owned(n as u32)).await {
-        Ok(Ok(p)) => p,
+    match tokio::time::timeout(s.queue_timeout, s.budget.clone().acquire_many_owned(n as u32)).await {
+        Ok(Ok(p)) => Ok(p),
         _ => {
             s.metrics.backpressure.inc();
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "ingest is waiting on the broker; retry shortly");
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
+            Err(r)
         }
-    };
-    s.metrics.in_flight.add(n as i64);
-    let response = process(s, shard, &items).await;
-    s.metrics.in_flight.sub(n as i64);
-    drop(permits);
-    response
+    }
 }
 
 async fn process(s: &IngestState, shard: &str, items: &[&[u8]]) -> Response {
-    let max = s.topology.spec().ingest.max_event_bytes;
+    let limits = &s.topology.spec().ingest;
+    let (max, skew) = (limits.max_event_bytes, limits.max_clock_skew.as_millis() as i64);
+    let now = event::now_ms();
     let mut valid: Vec<(usize, GameEvent)> = Vec::new();
     let mut invalid: Vec<(usize, DecodeError)> = Vec::new();
     for (i, raw) in items.iter().enumerate() {
-        match event::decode(raw, max).and_then(|e| e.check_against(&s.topology, shard).map(|()| e)) {
+        let checked = event::decode(raw, max)
+            .and_then(|e| e.check_against(&s.topology, shard).map(|()| e))
+            .and_then(|e| e.check_clock(now, skew).map(|()| e));
+        match checked {
             Ok(e) => valid.push((i, e)),
-            Err(err) => invalid.push((i, err)),
+            Err(err) => {
+                if let DecodeError::EventTimeInFuture { .. } = err {
+                    s.metrics.future_events.with_label_values(&[shard]).inc();
+                }
+                invalid.push((i, err))
+            }
         }
     }
 

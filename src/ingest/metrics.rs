@@ -11,6 +11,10 @@ pub struct IngestMetrics {
     pub backpressure: IntCounter,
     pub in_flight: IntGauge,
     pub duration: Histogram,
+    /// Events refused for an event_time beyond the clock-skew bound, per
+    /// (authenticated, so bounded) shard.
+    pub future_events: IntCounterVec,
+    pub heartbeats: IntCounter,
 }
 
 impl IngestMetrics {
@@ -35,6 +39,19 @@ impl IngestMetrics {
             rate_limited: register(registry, IntCounter::new("huntflow_ingest_rate_limited_total", "Requests refused with 429 by the per-shard rate limit.").expect("valid metric")),
             backpressure: register(registry, IntCounter::new("huntflow_ingest_backpressure_total", "Requests refused with 503 because the in-flight budget stayed full.").expect("valid metric")),
             in_flight: register(registry, IntGauge::new("huntflow_ingest_in_flight_events", "Events accepted by ingest and not yet acknowledged by the broker.").expect("valid metric")),
+            future_events: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("huntflow_ingest_future_events_total", "Events dead-lettered as event_time_in_future, by shard."),
+                    &["shard"],
+                )
+                .expect("valid metric"),
+            ),
+            heartbeats: register(
+                registry,
+                IntCounter::new("huntflow_ingest_heartbeats_total", "Heartbeat rounds written to every events partition.")
+                    .expect("valid metric"),
+            ),
             duration: register(
                 registry,
                 Histogram::with_opts(

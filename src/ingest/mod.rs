@@ -94,14 +94,41 @@ pub fn router(state: Arc<IngestState>, max_body_bytes: usize) -> Router {
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish (their events are acknowledged or reported failed).
+///
+/// While it serves, it appends a heartbeat to every events partition each
+/// `ingest.heartbeat_interval`, so windows close on the clock even when no
+/// shard posts anything.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<IngestState>,
     max_body_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), IngestError> {
-    axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(shutdown).await?;
+    let beats = tokio::spawn(heartbeats(state.clone()));
+    let served = axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(shutdown).await;
+    beats.abort();
+    served?;
     Ok(())
+}
+
+/// This process's writer id: unique per start, so a restarted gateway is a
+/// new writer and its predecessor ages out (`heartbeat_writer_timeout`).
+fn writer_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("ingest-{host}-{:08x}", rand::random::<u32>())
+}
+
+async fn heartbeats(state: Arc<IngestState>) {
+    let writer = writer_id();
+    let mut every = tokio::time::interval(state.topology.spec().ingest.heartbeat_interval.0);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match state.producer.send_heartbeats(&writer, crate::event::now_ms()).await {
+            Ok(()) => state.metrics.heartbeats.inc(),
+            Err(e) => tracing::warn!(error = %e, "heartbeat not acknowledged; windows wait for the next one"),
+        }
+    }
 }
 
 async fn readyz(State(s): State<Arc<IngestState>>) -> (StatusCode, String) {

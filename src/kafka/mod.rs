@@ -5,6 +5,7 @@ mod admin;
 mod embedded;
 mod headers;
 mod producer;
+pub mod transactional;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +19,7 @@ pub use headers::{
     HEADER_REASON_CODE, HEADER_SCHEMA, HEADER_SHARD, HEADER_STAGE, HEADER_TOPOLOGY_HASH,
 };
 pub use producer::{DeadLetter, EventProducer, ProduceError, MAX_DEAD_LETTER_BYTES};
+pub use transactional::backoff;
 
 use crate::config::Settings;
 use crate::topology::Topology;
@@ -183,7 +185,7 @@ pub fn init_transactions<C: rdkafka::producer::ProducerContext>(
             Err(e) if attempt < 5 => {
                 attempt += 1;
                 tracing::warn!(error = %e, attempt, "init_transactions failed; retrying");
-                std::thread::sleep(Duration::from_millis(500 * attempt));
+                std::thread::sleep(backoff(attempt + 2));
             }
             Err(e) => return Err(e),
         }

@@ -106,6 +106,25 @@ impl EventProducer {
         acks(join_all(sends).await)
     }
 
+    /// Appends a heartbeat of `writer` at `time` to every events partition
+    /// and waits for the acknowledgements: from now on this writer sends
+    /// nothing it stamped before `time` (the idempotent producer keeps each
+    /// partition in send order).
+    pub async fn send_heartbeats(&self, writer: &str, time: i64) -> Result<(), ProduceError> {
+        use crate::windowing::{TimeRecord, HEARTBEAT_KEY, SCHEMA_HEARTBEAT};
+        let payload = TimeRecord::Heartbeat { writer: writer.to_owned(), time }.encode();
+        let partitions = self.topology.spec().topics.events.partitions;
+        let sends = (0..partitions).map(|p| {
+            let record = FutureRecord::to(&self.events_topic)
+                .key(HEARTBEAT_KEY)
+                .payload(&payload)
+                .partition(p)
+                .headers(self.base_headers(SCHEMA_HEARTBEAT));
+            self.inner.send(record, Timeout::After(self.queue_timeout))
+        });
+        acks(join_all(sends).await).into_iter().collect()
+    }
+
     pub async fn send_dead_letter(&self, dl: DeadLetter<'_>) -> Result<(), ProduceError> {
         let kept = &dl.original[..dl.original.len().min(MAX_DEAD_LETTER_BYTES)];
         let size = dl.original.len().to_string();

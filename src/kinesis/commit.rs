@@ -4,18 +4,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::producer::BaseRecord;
+use rdkafka::ClientConfig;
 
 use super::checkpoint::{barrier_record, Checkpoint};
 use super::reader::ShardBatch;
 use super::KinesisError;
 use crate::event::{decode, DecodeError};
+use crate::kafka::transactional::TxnProducer;
 use crate::kafka::{
     HEADER_KINESIS_SEQUENCE, HEADER_KINESIS_SHARD, HEADER_KINESIS_TXN, HEADER_ORIGINAL_SIZE, HEADER_REASON,
     HEADER_REASON_CODE, HEADER_SCHEMA, HEADER_SHARD, HEADER_STAGE, HEADER_TOPOLOGY_HASH,
@@ -26,25 +26,6 @@ use crate::topology::Topology;
 pub const STAGE: &str = "kinesis-bridge";
 /// First bytes of a KPL-aggregated record.
 const KPL_MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
-
-#[derive(Default)]
-pub struct Deliveries {
-    failures: AtomicU64,
-}
-
-pub struct DeliveryContext(Arc<Deliveries>);
-
-impl ClientContext for DeliveryContext {}
-
-impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            tracing::warn!(error = %e, "delivery failed inside a bridge transaction; it will abort");
-            self.0.failures.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
 
 /// Outcome of one committed batch.
 #[derive(Debug, Default)]
@@ -57,8 +38,9 @@ pub struct Committed {
 }
 
 pub struct TxnWriter {
-    producer: BaseProducer<DeliveryContext>,
-    deliveries: Arc<Deliveries>,
+    /// The stage workers' transactional producer: one record path, flush
+    /// and commit retry policy for both.
+    txn: TxnProducer,
     topology: Topology,
     stream: String,
     events_topic: String,
@@ -80,24 +62,12 @@ impl TxnWriter {
         run: &str,
         timeout: Duration,
     ) -> Result<Self, KinesisError> {
-        let deliveries = Arc::new(Deliveries::default());
-        let producer: BaseProducer<DeliveryContext> = client
-            .clone()
-            .set("transactional.id", transactional_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            // Same partition for the same key as ingest and the Java client.
-            .set("partitioner", "murmur2_random")
-            .set("transaction.timeout.ms", timeout.as_millis().max(1000).to_string())
-            .create_with_context(DeliveryContext(deliveries.clone()))?;
-        crate::kafka::init_transactions(&producer, timeout)?;
+        // Same partitioner (murmur2) as ingest and the Java client, lz4.
+        let txn = TxnProducer::new(client, transactional_id, timeout, "")?;
         let spec = topology.spec();
         let kinesis = spec.source.kinesis.as_ref().ok_or(KinesisError::NotConfigured)?;
         Ok(Self {
-            producer,
-            deliveries,
+            txn,
             topology: topology.clone(),
             stream: kinesis.stream.clone(),
             events_topic: spec.topics.events.name.clone(),
@@ -112,7 +82,7 @@ impl TxnWriter {
     /// Commits a barrier record on every checkpoint partition: once the tail
     /// has read it everywhere, it has read every checkpoint committed before.
     pub fn commit_barrier(&self, id: &str, partitions: &[i32]) -> Result<(), KinesisError> {
-        self.producer.begin_transaction()?;
+        self.txn.begin_transaction()?;
         let (key, value) = barrier_record(id);
         for &p in partitions {
             self.send(BaseRecord::to(&self.checkpoint_topic).key(key.as_str()).payload(value.as_slice()).partition(p))?;
@@ -127,11 +97,13 @@ impl TxnWriter {
         batches: &[ShardBatch],
         previous: &BTreeMap<String, Checkpoint>,
     ) -> Result<Committed, KinesisError> {
-        self.producer.begin_transaction()?;
+        self.txn.begin_transaction()?;
         let txn = format!("{}:{}", self.run, self.transactions.fetch_add(1, Ordering::SeqCst) + 1);
         let mut out = Committed::default();
         let mut latest: BTreeMap<&str, Checkpoint> = BTreeMap::new();
         let max_bytes = self.topology.spec().ingest.max_event_bytes;
+        let max_skew = self.topology.spec().ingest.max_clock_skew.as_millis() as i64;
+        let now = crate::event::now_ms();
         let hash = self.topology.hash();
         for batch in batches {
             let (mut n, mut bytes) = (0u64, 0u64);
@@ -151,6 +123,7 @@ impl TxnWriter {
                 } else {
                     decode(&r.data, max_bytes)
                         .and_then(|e| e.check_against(&self.topology, &e.shard_id).map(|()| e))
+                        .and_then(|e| e.check_clock(now, max_skew).map(|()| e))
                         .map_err(|e: DecodeError| (e.code(), e.to_string()))
                 };
                 match checked {
@@ -210,50 +183,26 @@ impl TxnWriter {
         Ok(out)
     }
 
-    fn send(&self, mut record: BaseRecord<'_, str, [u8]>) -> Result<(), KinesisError> {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+    fn send(&self, record: BaseRecord<'_, str, [u8]>) -> Result<(), KinesisError> {
+        let headers = record.headers.unwrap_or_else(OwnedHeaders::new);
+        let key = record.key.unwrap_or_default().as_bytes();
+        Ok(self.txn.send(record.topic, key, record.payload, record.partition, headers)?)
     }
 
     fn finish(&self) -> Result<(), KinesisError> {
+        // Flush first: a failed delivery is seen before the commit is tried.
+        self.txn.flush(self.timeout)?;
+        self.txn.deliveries().check("a bridge record").map_err(|_| KinesisError::Delivery)?;
         // A retriable failure (e.g. a timeout) leaves the outcome unknown:
-        // retrying the commit is safe, aborting could drop a committed batch
-        // from our view and write it twice.
-        let mut attempt = 0;
-        loop {
-            match self.producer.commit_transaction(self.timeout) {
-                Ok(()) => break,
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "commit_transaction failed; retrying");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if self.deliveries.failures.swap(0, Ordering::SeqCst) > 0 {
-            // commit_transaction fails on a failed delivery; this is a guard.
-            return Err(KinesisError::Delivery);
-        }
+        // the commit is retried, never aborted (that could drop a committed
+        // batch from our view and write it twice).
+        self.txn.commit(self.timeout)?;
         Ok(())
     }
 
     /// Aborts the open transaction, if any.
     pub fn abort(&self) -> Result<(), KinesisError> {
-        self.deliveries.failures.store(0, Ordering::SeqCst);
-        match self.producer.abort_transaction(self.timeout) {
-            Ok(()) => Ok(()),
-            // Nothing was begun (the failure came before begin_transaction).
-            Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.txn.abort(self.timeout)?)
     }
 }
 

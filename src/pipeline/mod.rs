@@ -9,8 +9,9 @@ use crate::config::Settings;
 use crate::kafka::Cluster;
 use crate::rank::RankStage;
 use crate::score::ScoreStage;
-use crate::stage::{run_worker, StageError, WorkerConfig, WorkerMetrics, WorkerReport};
+use crate::stage::{run_worker, StageError, TimeConfig, WorkerConfig, WorkerMetrics, WorkerReport};
 use crate::topology::Topology;
+use crate::windowing::ProgressRules;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StageKind {
@@ -53,6 +54,7 @@ pub fn worker_config(
         StageKind::Rank => (&topics.candidates, &topics.leaderboards, Some(topics.prizes.name.clone())),
     };
     let stage = kind.name();
+    let time = time_config(kind, topology);
     WorkerConfig {
         client: cluster.client_config(),
         group_id: format!("huntflow-{stage}"),
@@ -67,6 +69,31 @@ pub fn worker_config(
         commit_interval: spec.stages.commit_interval.0,
         transaction_timeout: settings.worker_transaction_timeout,
         session_timeout: settings.worker_session_timeout,
+        time,
+        tier_fingerprints: topology.tier_fingerprints(),
+        allow_topology_change: false,
+    }
+}
+
+/// How a stage's input partitions keep event time: claim follows the
+/// writers' heartbeats and forwards to every accepted partition; score
+/// follows every claim partition and forwards to every rank partition; rank
+/// follows every score partition.
+pub fn time_config(kind: StageKind, topology: &Topology) -> TimeConfig {
+    let spec = topology.spec();
+    let topics = &spec.topics;
+    let (input, upstream_partitions, forward_to) = match kind {
+        StageKind::Claim => (&topics.events, 0, topics.accepted.partitions),
+        StageKind::Score => (&topics.accepted, topics.events.partitions, topics.candidates.partitions),
+        StageKind::Rank => (&topics.candidates, topics.accepted.partitions, 0),
+    };
+    TimeConfig {
+        rules: ProgressRules {
+            upstream_partitions: upstream_partitions.max(0) as usize,
+            writer_timeout_ms: spec.ingest.heartbeat_writer_timeout.as_millis() as i64,
+        },
+        input_partitions: input.partitions,
+        forward_to,
     }
 }
 
@@ -130,7 +157,7 @@ impl Pipeline {
                     first_error.get_or_insert(e);
                 }
                 Err(e) => {
-                    first_error.get_or_insert(StageError::Fatal(format!("{} worker panicked: {e}", kind.name())));
+                    first_error.get_or_insert(StageError::Stop(format!("{} worker panicked: {e}", kind.name())));
                 }
             }
         }

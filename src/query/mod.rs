@@ -2,10 +2,16 @@
 //! (read_committed, keeping the highest version per board, so a replayed or
 //! aborted-then-replayed snapshot changes nothing) and answers
 //! `GET /v1/hunts/{hunt}/tiers/{tier}/leaderboard?board=lifetime|<window start>&limit=N`.
+//!
+//! Memory is bounded: a window board is dropped once its tier's watermark
+//! (the highest a snapshot of that hunt and tier carried) is `retention`
+//! past the window's close (end + grace), and when a tombstone (null value)
+//! for its key arrives. A dropped window is never taken back: a replayed or
+//! late snapshot of it, or of an older window of the tier, is ignored.
 
-use std::collections::HashMap;
+mod view;
+
 use std::future::Future;
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
@@ -13,7 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use prometheus::{HistogramOpts, HistogramVec, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntGauge, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -34,35 +40,7 @@ pub enum QueryError {
     Serve(#[from] std::io::Error),
 }
 
-/// Latest snapshot per `<hunt>/<tier>/<board>`.
-#[derive(Clone, Default)]
-pub struct Boards {
-    inner: Arc<RwLock<HashMap<String, Arc<Snapshot>>>>,
-}
-
-impl Boards {
-    pub fn get(&self, hunt: &str, tier: &str, board: &str) -> Option<Arc<Snapshot>> {
-        self.inner.read().ok()?.get(&Snapshot::record_key(hunt, tier, board)).cloned()
-    }
-
-    /// Keeps `snap` unless a snapshot with a higher or equal version is held.
-    pub fn offer(&self, snap: Snapshot) {
-        let key = Snapshot::record_key(&snap.hunt_id, &snap.tier, &snap.board);
-        if let Ok(mut map) = self.inner.write() {
-            if map.get(&key).is_none_or(|held| held.version < snap.version) {
-                map.insert(key, Arc::new(snap));
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.read().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use view::Boards;
 
 /// Follows the leaderboards topic on a dedicated thread until `cancel`.
 pub fn materialize(
@@ -89,10 +67,10 @@ pub fn materialize(
     let handle = std::thread::Builder::new().name("huntflow-query".into()).spawn(move || {
         while !cancel.is_cancelled() {
             match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => match m.payload().map(serde_json::from_slice::<Snapshot>) {
+                Some(Ok(m)) => match m.payload().filter(|p| !p.is_empty()).map(serde_json::from_slice::<Snapshot>) {
                     Some(Ok(snap)) => boards.offer(snap),
                     Some(Err(e)) => tracing::warn!(offset = m.offset(), error = %e, "unreadable leaderboard snapshot"),
-                    None => {}
+                    None => boards.tombstone(&String::from_utf8_lossy(m.key().unwrap_or_default())),
                 },
                 Some(Err(e)) => tracing::debug!(error = %e, "leaderboards consumer"),
                 None => {}
@@ -107,6 +85,7 @@ struct ApiState {
     topology: Topology,
     boards: Boards,
     latency: HistogramVec,
+    held: IntGauge,
     registry: Registry,
 }
 
@@ -165,11 +144,22 @@ pub fn router(topology: Topology, boards: Boards, registry: Registry) -> Router 
         )
         .expect("valid metric"),
     );
-    let state = ApiState { topology, boards, latency, registry };
+    let held = register(
+        &registry,
+        IntGauge::new("huntflow_query_boards", "Leaderboards held in memory (lifetime and windows within retention).")
+            .expect("valid metric"),
+    );
+    let state = ApiState { topology, boards, latency, held, registry };
     Router::new()
         .route("/v1/hunts/{hunt}/tiers/{tier}/leaderboard", get(leaderboard))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(|State(api): State<ApiState>| async move { telemetry::render(&api.registry) }))
+        .route(
+            "/metrics",
+            get(|State(api): State<ApiState>| async move {
+                api.held.set(api.boards.len() as i64);
+                telemetry::render(&api.registry)
+            }),
+        )
         .with_state(state)
 }
 

@@ -4,19 +4,21 @@
 //! end + grace emits one prize batch per (hunt, tier, window).
 //!
 //! State keys (per candidates partition):
-//! - `m/<score partition u32>` -> forwarded watermark (i64 BE);
 //! - `e/<hunt u16><tier u16><board 8><player>` -> `points u64 ++ reached_at i64`;
 //! - `k/<ht 4><window 8><chest key>` -> chest award (JSON);
 //! - `o/<ht 4><window 8>` -> window is open (has state, prizes not emitted);
-//! - `y/<ht 4><board 8>` -> board changed since its last snapshot.
+//! - `y/<ht 4><board 8>` -> board changed since its last snapshot;
+//! - `t/<ht 4><window 8>` -> window end (i64 BE): a closed window whose
+//!   leaderboard key gets a tombstone once the watermark passes its close +
+//!   `windows.leaderboard_retention`.
 //!
-//! A window's state is deleted when it closes. The partition watermark is
-//! the minimum over all score partitions; until every one has reported, no
-//! window closes.
+//! A window's state is deleted when it closes. The partition watermark,
+//! owned by the runtime, is the minimum over all score partitions' forwarded
+//! watermarks; until every one has reported, no window closes.
 
 pub mod output;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::kafka::HEADER_SCHEMA;
@@ -35,10 +37,11 @@ pub struct RankStage {
     windows: TumblingWindows,
     top_n: usize,
     publish_interval: Duration,
+    /// Grace + leaderboard retention: a closed window's key is tombstoned
+    /// when the watermark reaches its end + this.
+    tombstone_after_ms: i64,
     /// Cache of `e/` per board.
     boards: HashMap<(i32, Ht, Board), BoardEntries>,
-    /// Cache of `m/` per partition.
-    marks: HashMap<i32, BTreeMap<i32, i64>>,
     /// Wall clock of each board's last snapshot (pacing only; not state).
     published: HashMap<(i32, Ht, Board), Instant>,
 }
@@ -77,14 +80,17 @@ impl RankStage {
     pub fn new(topology: &Topology) -> Result<Self, StageError> {
         let spec = topology.spec();
         let windows =
-            crate::windowing::prize_windows(topology).map_err(|e| StageError::Fatal(format!("prize window: {e}")))?;
+            crate::windowing::prize_windows(topology).map_err(|e| StageError::Stop(format!("prize window: {e}")))?;
         Ok(Self {
             topology: topology.clone(),
             windows,
             top_n: spec.stages.top_n as usize,
             publish_interval: spec.stages.leaderboard_publish_interval.0,
+            tombstone_after_ms: windows
+                .grace_ms
+                .max(0)
+                .saturating_add(spec.windows.leaderboard_retention.as_millis() as i64),
             boards: HashMap::new(),
-            marks: HashMap::new(),
             published: HashMap::new(),
         })
     }
@@ -108,28 +114,12 @@ impl RankStage {
             }
             self.boards.insert((p, ht, board), entries);
         }
-        self.boards.get_mut(&(p, ht, board)).ok_or_else(|| StageError::Fatal("board cache".into()))
+        self.boards.get_mut(&(p, ht, board)).ok_or_else(|| StageError::Stop("board cache".into()))
     }
 
-    fn marks<'s>(&'s mut self, state: &PartitionState<'_>) -> Result<&'s mut BTreeMap<i32, i64>, StageError> {
-        let p = state.partition();
-        if !self.marks.contains_key(&p) {
-            let mut m = BTreeMap::new();
-            for (k, v) in state.scan(b"m/")? {
-                if let (Some(sp), Some(w)) = (k.get(2..6), i64_of(&v)) {
-                    m.insert(i32::from_be_bytes(sp.try_into().unwrap_or_default()), w);
-                }
-            }
-            self.marks.insert(p, m);
-        }
-        self.marks.get_mut(&p).ok_or_else(|| StageError::Fatal("watermark cache".into()))
-    }
-
-    /// Min over score partitions, once all of them reported.
-    fn watermark(&mut self, state: &PartitionState<'_>) -> Result<Option<i64>, StageError> {
-        let partitions = self.topology.spec().topics.accepted.partitions as usize;
-        let marks = self.marks(state)?;
-        Ok((marks.len() >= partitions).then(|| marks.values().copied().min()).flatten())
+    /// The partition watermark, once known.
+    fn watermark(state: &PartitionState<'_>) -> Option<i64> {
+        Some(state.watermark()).filter(|w| *w != i64::MIN)
     }
 
     fn snapshot(
@@ -140,7 +130,7 @@ impl RankStage {
         version: i64,
         closed: bool,
     ) -> Result<Output, StageError> {
-        let watermark = self.watermark(state)?;
+        let watermark = Self::watermark(state);
         let (hunt_id, tier) = self.names(ht)?;
         let top_n = self.top_n;
         let entries = self.board(state, ht, board)?;
@@ -174,7 +164,7 @@ impl RankStage {
         Ok(Output {
             sink: Sink::Primary,
             key: Snapshot::record_key(&snap.hunt_id, &snap.tier, &snap.board).into_bytes(),
-            payload: serde_json::to_vec(&snap).map_err(|e| StageError::Fatal(format!("encode snapshot: {e}")))?,
+            payload: serde_json::to_vec(&snap).map_err(|e| StageError::Poison(format!("encode snapshot: {e}")))?,
             partition: None,
             headers: vec![(HEADER_SCHEMA, "leaderboard/v1".into())],
         })
@@ -183,7 +173,7 @@ impl RankStage {
     fn names(&self, ht: Ht) -> Result<(String, String), StageError> {
         hunt_tier_of(&self.topology, &ht)
             .map(|(h, t)| (h.id.clone(), t.name.clone()))
-            .ok_or_else(|| StageError::Fatal("state names an unknown hunt or tier".into()))
+            .ok_or_else(|| StageError::Stop("state names an unknown hunt or tier".into()))
     }
 
     /// Prize batch and final snapshot of one window; drops its state.
@@ -198,7 +188,7 @@ impl RankStage {
         let board = Board::Window(start);
         let (hunt, tier) = hunt_tier_of(&self.topology, &ht)
             .map(|(h, t)| (h.clone(), t.clone()))
-            .ok_or_else(|| StageError::Fatal("state names an unknown hunt or tier".into()))?;
+            .ok_or_else(|| StageError::Stop("state names an unknown hunt or tier".into()))?;
         let final_snapshot = self.snapshot(state, ht, board, version, true)?;
         let mut awards = Vec::new();
         let top_n = self.top_n;
@@ -223,7 +213,7 @@ impl RankStage {
         }
         let chest_prefix = key(b"k/", ht, board, b"");
         for (k, v) in state.scan(&chest_prefix)? {
-            let chest: Candidate = Candidate::decode(&v).map_err(|e| StageError::Fatal(format!("chest state: {e}")))?;
+            let chest: Candidate = Candidate::decode(&v).map_err(|e| StageError::Stop(format!("chest state: {e}")))?;
             if let Candidate::Chest { player_id, chest_key, event_id, reward, .. } = chest {
                 awards.push(Award {
                     idempotency_key: chest_award_key(&hunt.id, &chest_key),
@@ -239,26 +229,35 @@ impl RankStage {
         }
         state.delete(key(b"o/", ht, board, b""));
         state.delete(key(b"y/", ht, board, b""));
+        state.put(key(b"t/", ht, board, b""), self.windows.window_end(start).to_be_bytes().to_vec());
         let p = state.partition();
         self.boards.remove(&(p, ht, board));
         self.published.remove(&(p, ht, board));
 
-        let batch = PrizeBatch {
+        let closes_at = self.windows.closes_at(start).to_string();
+        let base = PrizeBatch {
             batch_id: format!("{}/{}/{start}", hunt.id, tier.name),
             hunt_id: hunt.id.clone(),
             tier: tier.name.clone(),
             currency: hunt.currency.clone(),
             window_start: start,
             window_end: self.windows.window_end(start),
-            awards,
+            part: 1,
+            parts: 1,
+            awards: Vec::new(),
         };
-        out.push(Output {
-            sink: Sink::Secondary,
-            key: batch.batch_id.clone().into_bytes(),
-            payload: serde_json::to_vec(&batch).map_err(|e| StageError::Fatal(format!("encode batch: {e}")))?,
-            partition: None,
-            headers: vec![(HEADER_SCHEMA, "prize-batch/v1".into())],
-        });
+        for batch in output::split_batch(base, awards, output::MAX_BATCH_BYTES) {
+            out.push(Output {
+                sink: Sink::Secondary,
+                key: batch.batch_id.clone().into_bytes(),
+                payload: serde_json::to_vec(&batch).map_err(|e| StageError::Poison(format!("encode batch: {e}")))?,
+                partition: None,
+                headers: vec![
+                    (HEADER_SCHEMA, "prize-batch/v1".into()),
+                    (crate::stage::HEADER_WINDOW_CLOSES_AT, closes_at.clone()),
+                ],
+            });
+        }
         out.push(final_snapshot);
         Ok(())
     }
@@ -269,8 +268,6 @@ impl RankStage {
         input: &Input<'_>,
         c: Candidate,
     ) -> Result<Processed, StageError> {
-        let version = input.offset + 1;
-        let mut outputs = Vec::new();
         let topology = self.topology.clone();
         let ht_of = |hunt: &str, tier: &str| hunt_tier_id(&topology, hunt, tier);
         match c {
@@ -302,44 +299,40 @@ impl RankStage {
                 state.put(key(b"k/", ht, board, chest_key.as_bytes()), c.encode());
                 state.put(key(b"o/", ht, board, b""), Vec::new());
             }
-            Candidate::Watermark { partition, watermark, .. } => {
-                let before = self.watermark(state)?;
-                let marks = self.marks(state)?;
-                let w = marks.entry(partition).or_insert(i64::MIN);
-                if watermark <= *w {
-                    return Ok(Processed { outcome: "watermark", outputs });
-                }
-                *w = watermark;
-                state.put([b"m/".as_slice(), &partition.to_be_bytes()].concat(), watermark.to_be_bytes().to_vec());
-                let after = self.watermark(state)?;
-                if let Some(now) = after.filter(|a| before.is_none_or(|b| a > &b)) {
-                    let windows = self.windows;
-                    let due: Vec<(Ht, i64)> = state
-                        .scan(b"o/")?
-                        .keys()
-                        .filter_map(|k| {
-                            let ht: Ht = k.get(2..6)?.try_into().ok()?;
-                            match Board::from_key_bytes(k.get(6..14)?)? {
-                                Board::Window(s) if windows.is_closed(s, now) => Some((ht, s)),
-                                _ => None,
-                            }
-                        })
-                        .collect();
-                    for (ht, start) in due {
-                        self.close(state, ht, start, version, &mut outputs)?;
-                    }
-                    let outcome = if outputs.is_empty() { "watermark" } else { "windows_closed" };
-                    return Ok(Processed { outcome, outputs });
-                }
-                return Ok(Processed { outcome: "watermark", outputs });
-            }
         }
-        Ok(Processed { outcome: "merged", outputs })
+        Ok(Processed::new("merged", Vec::new()))
     }
 
-    fn is_closed(&mut self, state: &PartitionState<'_>, board: Board) -> Result<bool, StageError> {
+    /// Tombstones (empty payload: a null value) for the leaderboard keys of
+    /// closed windows the watermark carried past retention.
+    fn tombstones(&self, state: &mut PartitionState<'_>, now: i64, out: &mut Vec<Output>) -> Result<(), StageError> {
+        for (k, v) in state.scan(b"t/")? {
+            let (Some(ht), Some(board), Some(end)) = (
+                k.get(2..6).and_then(|b| Ht::try_from(b).ok()),
+                k.get(6..14).and_then(Board::from_key_bytes),
+                i64_of(&v),
+            ) else {
+                continue;
+            };
+            if now < end.saturating_add(self.tombstone_after_ms) {
+                continue;
+            }
+            let (hunt_id, tier) = self.names(ht)?;
+            out.push(Output {
+                sink: Sink::Primary,
+                key: Snapshot::record_key(&hunt_id, &tier, &board.label()).into_bytes(),
+                payload: Vec::new(),
+                partition: None,
+                headers: vec![(HEADER_SCHEMA, "leaderboard/v1".into())],
+            });
+            state.delete(k);
+        }
+        Ok(())
+    }
+
+    fn is_closed(&self, state: &PartitionState<'_>, board: Board) -> Result<bool, StageError> {
         Ok(match board {
-            Board::Window(s) => self.watermark(state)?.is_some_and(|w| self.windows.is_closed(s, w)),
+            Board::Window(s) => Self::watermark(state).is_some_and(|w| self.windows.is_closed(s, w)),
             Board::Lifetime => false,
         })
     }
@@ -354,20 +347,14 @@ impl RankStage {
 
 fn unknown(input: &Input<'_>, hunt: &str, tier: &str) -> Result<Processed, StageError> {
     let reason = format!("hunt {hunt} has no tier {tier} in this topology");
-    Ok(Processed {
-        outcome: "dead_lettered",
-        outputs: vec![Output::dead_letter("rank", input, "unknown_tier", reason)],
-    })
+    Ok(Processed::new("dead_lettered", vec![Output::dead_letter("rank", input, "unknown_tier", reason)]))
 }
 
 /// Cannot happen while score orders candidates before watermarks; kept
 /// visible rather than silently merged into a batch already paid.
 fn after_close(input: &Input<'_>, board: Board) -> Result<Processed, StageError> {
     let reason = format!("candidate for window {} arrived after it closed", board.label());
-    Ok(Processed {
-        outcome: "after_close",
-        outputs: vec![Output::dead_letter("rank", input, "candidate_after_close", reason)],
-    })
+    Ok(Processed::new("after_close", vec![Output::dead_letter("rank", input, "candidate_after_close", reason)]))
 }
 
 impl StageLogic for RankStage {
@@ -378,10 +365,10 @@ impl StageLogic for RankStage {
     fn process(&mut self, state: &mut PartitionState<'_>, input: &Input<'_>) -> Result<Processed, StageError> {
         match Candidate::decode(input.payload) {
             Ok(c) => self.apply(state, input, c),
-            Err(e) => Ok(Processed {
-                outcome: "dead_lettered",
-                outputs: vec![Output::dead_letter("rank", input, "bad_candidate", e.to_string())],
-            }),
+            Err(e) => Ok(Processed::new(
+                "dead_lettered",
+                vec![Output::dead_letter("rank", input, "bad_candidate", e.to_string())],
+            )),
         }
     }
 
@@ -409,9 +396,30 @@ impl StageLogic for RankStage {
         Ok(out)
     }
 
+    fn on_watermark(&mut self, state: &mut PartitionState<'_>, watermark: i64) -> Result<Vec<Output>, StageError> {
+        let windows = self.windows;
+        let due: Vec<(Ht, i64)> = state
+            .scan(b"o/")?
+            .keys()
+            .filter_map(|k| {
+                let ht: Ht = k.get(2..6)?.try_into().ok()?;
+                match Board::from_key_bytes(k.get(6..14)?)? {
+                    Board::Window(s) if windows.is_closed(s, watermark) => Some((ht, s)),
+                    _ => None,
+                }
+            })
+            .collect();
+        let version = state.position()?;
+        let mut outputs = Vec::new();
+        for (ht, start) in due {
+            self.close(state, ht, start, version, &mut outputs)?;
+        }
+        self.tombstones(state, watermark, &mut outputs)?;
+        Ok(outputs)
+    }
+
     fn on_rewind(&mut self) {
         self.boards.clear();
-        self.marks.clear();
     }
 }
 

@@ -51,7 +51,43 @@ pub struct PrizeBatch {
     pub currency: String,
     pub window_start: i64,
     pub window_end: i64,
+    /// This record's part (1-based) of the batch: a large batch is split so
+    /// no record exceeds the broker's message size; award keys are unchanged.
+    pub part: u32,
+    /// How many parts the batch has.
+    pub parts: u32,
     pub awards: Vec<Award>,
+}
+
+/// Largest serialized prize record: well under librdkafka's default 1 MB
+/// `message.max.bytes`, with room for headers.
+pub const MAX_BATCH_BYTES: usize = 512 * 1024;
+
+/// Splits `awards` into numbered parts of `base`, each at most `max_bytes`
+/// of JSON (deterministic: the same awards give the same parts). A batch
+/// without awards is one empty part.
+pub fn split_batch(base: PrizeBatch, awards: Vec<Award>, max_bytes: usize) -> Vec<PrizeBatch> {
+    let overhead = serde_json::to_vec(&base).map_or(512, |v| v.len()) + 32;
+    let mut parts: Vec<Vec<Award>> = vec![Vec::new()];
+    let mut size = overhead;
+    for award in awards {
+        let len = serde_json::to_vec(&award).map_or(256, |v| v.len()) + 1;
+        let last = parts.last().map_or(0, Vec::len);
+        if last > 0 && size + len > max_bytes {
+            parts.push(Vec::new());
+            size = overhead;
+        }
+        size += len;
+        if let Some(p) = parts.last_mut() {
+            p.push(award);
+        }
+    }
+    let n = parts.len() as u32;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, awards)| PrizeBatch { part: i as u32 + 1, parts: n, awards, ..base.clone() })
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +129,44 @@ pub fn chest_award_key(hunt_id: &str, chest_key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn award(i: usize) -> Award {
+        Award {
+            idempotency_key: chest_award_key("h", &format!("chest-{i}")),
+            kind: "chest".into(),
+            player_id: format!("player-{i}"),
+            amount: 5,
+            rank: None,
+            chest_key: Some(format!("chest-{i}")),
+            event_id: Some(format!("shard-0-{i}")),
+        }
+    }
+
+    #[test]
+    fn a_twenty_thousand_chest_batch_splits_into_parts_under_the_limit_losing_nothing() {
+        let base = PrizeBatch {
+            batch_id: "h/gold/0".into(),
+            hunt_id: "h".into(),
+            tier: "gold".into(),
+            currency: "gems".into(),
+            window_start: 0,
+            window_end: 60_000,
+            part: 1,
+            parts: 1,
+            awards: Vec::new(),
+        };
+        let awards: Vec<Award> = (0..20_000).map(award).collect();
+        let parts = split_batch(base.clone(), awards.clone(), MAX_BATCH_BYTES);
+        assert!(parts.len() > 1, "20,000 awards need several parts");
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!((p.part, p.parts, p.batch_id.as_str()), (i as u32 + 1, parts.len() as u32, "h/gold/0"));
+            assert!(serde_json::to_vec(p).unwrap().len() <= MAX_BATCH_BYTES);
+        }
+        let joined: Vec<Award> = parts.into_iter().flat_map(|p| p.awards).collect();
+        assert_eq!(joined, awards);
+        let empty = split_batch(base, Vec::new(), MAX_BATCH_BYTES);
+        assert_eq!((empty.len(), empty[0].parts, empty[0].awards.len()), (1, 1, 0));
+    }
 
     #[test]
     fn award_keys_are_stable_and_distinct() {

@@ -1,5 +1,5 @@
 //! The records the score stage sends the rank stage on the candidates topic,
-//! keyed by `<hunt>/<tier>` (watermarks go to every partition explicitly).
+//! keyed by `<hunt>/<tier>` (the runtime sends watermarks to every partition).
 //! JSON, so an operator can read the topic with any console consumer.
 
 use serde::{Deserialize, Serialize};
@@ -46,21 +46,19 @@ impl Board {
     }
 }
 
-/// Compact state-key id of a (hunt, tier): hunt index and tier index, u16 BE each.
+/// Compact, stable state-key id of a (hunt, tier) of this topology.
 pub fn hunt_tier_id(topology: &Topology, hunt_id: &str, tier: &str) -> Option<[u8; 4]> {
-    let hunt = topology.spec().hunts.iter().position(|h| h.id == hunt_id)? as u16;
-    let tier = topology.tier_index(hunt_id, tier)? as u16;
-    let mut ht = [0; 4];
-    ht[..2].copy_from_slice(&hunt.to_be_bytes());
-    ht[2..].copy_from_slice(&tier.to_be_bytes());
-    Some(ht)
+    topology.tier_index(hunt_id, tier).map(|_| crate::topology::tier_state_id(hunt_id, tier))
 }
 
 /// The hunt and tier specs behind a [`hunt_tier_id`].
 pub fn hunt_tier_of<'t>(topology: &'t Topology, ht: &[u8]) -> Option<(&'t HuntSpec, &'t TierSpec)> {
-    let hunt = topology.spec().hunts.get(u16::from_be_bytes(ht.get(..2)?.try_into().ok()?) as usize)?;
-    let tier = hunt.tiers.get(u16::from_be_bytes(ht.get(2..4)?.try_into().ok()?) as usize)?;
-    Some((hunt, tier))
+    topology
+        .spec()
+        .hunts
+        .iter()
+        .flat_map(|h| h.tiers.iter().map(move |t| (h, t)))
+        .find(|(h, t)| crate::topology::tier_state_id(&h.id, &t.name).as_slice() == ht)
 }
 
 /// One change from a score partition.
@@ -81,9 +79,6 @@ pub enum Candidate {
         event_id: String,
         reward: u64,
     },
-    /// Everything from score partition `partition` with an event time below
-    /// `watermark` has been sent. `partitions` is how many there are.
-    Watermark { partition: i32, partitions: i32, watermark: i64 },
 }
 
 impl Candidate {
@@ -117,9 +112,14 @@ mod tests {
 
     #[test]
     fn candidates_round_trip_as_tagged_json() {
-        let c = Candidate::Watermark { partition: 3, partitions: 32, watermark: 60_000 };
+        let c = Candidate::Evict {
+            hunt_id: "h".into(),
+            tier: "gold".into(),
+            board: Board::Lifetime,
+            player_id: "p".into(),
+        };
         let text = String::from_utf8(c.encode()).unwrap();
-        assert!(text.contains("\"type\":\"watermark\""), "{text}");
+        assert!(text.contains("\"type\":\"evict\""), "{text}");
         assert_eq!(Candidate::decode(text.as_bytes()).unwrap(), c);
         assert_eq!(Board::parse("lifetime"), Some(Board::Lifetime));
         assert_eq!(Board::parse(&Board::Window(120_000).label()), Some(Board::Window(120_000)));

@@ -1,22 +1,19 @@
 //! The score stage: per player, tier and board (each prize window, and the
 //! lifetime board) event-time sums; per partition and board the top-N,
-//! forwarded to the rank stage as changes; chest rewards; watermarks
-//! broadcast to every rank partition; late events to the dead-letter topic.
+//! forwarded to the rank stage as changes; chest rewards; late events to
+//! the dead-letter topic. The runtime owns the watermark: the minimum over
+//! claim partitions of the latest time each sent (event times reported here,
+//! and the watermarks claim forwards from the writers' heartbeats), and it
+//! forwards it to every rank partition.
 //!
 //! State keys (per input partition):
-//! - `u/<claim partition u32>` -> highest event time received from that
-//!   claim partition (known from the record's lineage);
-//! - `\0wm` -> the partition watermark: the minimum of `u/` once every events
-//!   partition has been heard from (never decreasing). A minimum and not the
-//!   highest time seen, because this partition's input merges 32 claim
-//!   partitions that a claim worker consumes in bursts: one claim partition
-//!   running ahead must not make the others' events late;
-//! - `w/<board 8><hunt u16><tier u16><player>` -> window sum;
-//! - `l/<hunt u16><tier u16><player>` -> lifetime sum;
+//! - `w/<board 8><tier id 4><player>` -> window sum (tier id: a digest of
+//!   hunt and tier names, stable across topology edits);
+//! - `l/<tier id 4><player>` -> lifetime sum;
 //!   sums are `points u64 BE ++ reached_at i64 BE`, where `reached_at` is the
 //!   latest event time that added points (order-independent, so replays and
 //!   the verifier agree);
-//! - `t/<hunt u16><tier u16><board 8>` -> the partition's top-N (JSON).
+//! - `t/<tier id 4><board 8>` -> the partition's top-N (JSON).
 //!
 //! Window sums and top-N expire once the partition watermark passes the
 //! window's end + grace (tombstones go to the changelog too).
@@ -28,7 +25,7 @@
 
 pub mod candidate;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::event::{self, EventKind, GameEvent};
 use crate::kafka::HEADER_SCHEMA;
@@ -38,25 +35,15 @@ use crate::topology::Topology;
 use crate::windowing::TumblingWindows;
 pub use candidate::{Board, Candidate};
 
-/// Forwarded watermarks are floored to this step, so a partition broadcasts
-/// at most once per event-time second instead of once per record.
-pub const WATERMARK_STEP_MS: i64 = 1_000;
 const PURGE_PER_COMMIT: usize = 20_000;
-const WM_KEY: &[u8] = b"\0wm";
 
 pub struct ScoreStage {
     topology: Topology,
     windows: TumblingWindows,
     lifetime: bool,
     top_n: usize,
-    rank_partitions: i32,
-    partitions: i32,
-    upstream_partitions: usize,
     /// Cache of `t/` keys; written back in `before_commit`.
     boards: HashMap<(i32, [u8; 4], Board), CachedTop>,
-    watermarks: HashMap<i32, i64>,
-    /// Cache of `u/` keys per partition.
-    upstreams: HashMap<i32, BTreeMap<i32, i64>>,
 }
 
 struct CachedTop {
@@ -82,62 +69,18 @@ impl ScoreStage {
     pub fn new(topology: &Topology) -> Result<Self, StageError> {
         let spec = topology.spec();
         let windows =
-            crate::windowing::prize_windows(topology).map_err(|e| StageError::Fatal(format!("prize window: {e}")))?;
+            crate::windowing::prize_windows(topology).map_err(|e| StageError::Stop(format!("prize window: {e}")))?;
         Ok(Self {
             topology: topology.clone(),
             windows,
             lifetime: spec.windows.lifetime_board,
             top_n: spec.stages.top_n as usize,
-            rank_partitions: spec.topics.candidates.partitions,
-            partitions: spec.topics.accepted.partitions,
-            upstream_partitions: spec.topics.events.partitions.max(1) as usize,
             boards: HashMap::new(),
-            watermarks: HashMap::new(),
-            upstreams: HashMap::new(),
         })
     }
 
     fn hunt_tier(&self, e: &GameEvent) -> Option<[u8; 4]> {
         candidate::hunt_tier_id(&self.topology, &e.hunt_id, &e.tier)
-    }
-
-    fn watermark(&mut self, state: &PartitionState<'_>) -> Result<i64, StageError> {
-        let p = state.partition();
-        if let Some(w) = self.watermarks.get(&p) {
-            return Ok(*w);
-        }
-        let w = state.get(WM_KEY)?.and_then(|b| b.as_slice().try_into().ok()).map(i64::from_be_bytes);
-        let w = w.unwrap_or(i64::MIN);
-        self.watermarks.insert(p, w);
-        Ok(w)
-    }
-
-    /// Records `time` from claim partition `upstream`; returns the new
-    /// minimum over all claim partitions, once all were heard from.
-    fn observe_upstream(
-        &mut self,
-        state: &mut PartitionState<'_>,
-        upstream: i32,
-        time: i64,
-    ) -> Result<i64, StageError> {
-        let p = state.partition();
-        if !self.upstreams.contains_key(&p) {
-            let mut m = BTreeMap::new();
-            for (k, v) in state.scan(b"u/")? {
-                if let (Some(up), Some(t)) = (k.get(2..6), v.get(..8)) {
-                    let up = i32::from_be_bytes(up.try_into().unwrap_or_default());
-                    m.insert(up, i64::from_be_bytes(t.try_into().unwrap_or_default()));
-                }
-            }
-            self.upstreams.insert(p, m);
-        }
-        let Some(m) = self.upstreams.get_mut(&p) else { return Ok(i64::MIN) };
-        let t = m.entry(upstream).or_insert(i64::MIN);
-        if time > *t {
-            *t = time;
-            state.put([b"u/".as_slice(), &upstream.to_be_bytes()].concat(), time.to_be_bytes().to_vec());
-        }
-        Ok(if m.len() >= self.upstream_partitions { m.values().copied().min().unwrap_or(i64::MIN) } else { i64::MIN })
     }
 
     /// Adds the event to one board's sum and offers the new standing to the
@@ -169,7 +112,7 @@ impl ScoreStage {
                 let mut top = TopN::new(self.top_n);
                 if let Some(bytes) = state.get(&top_key(ht, board))? {
                     let entries: Vec<Entry> = serde_json::from_slice(&bytes)
-                        .map_err(|err| StageError::Fatal(format!("corrupt top-N state: {err}")))?;
+                        .map_err(|err| StageError::Stop(format!("corrupt top-N state: {err}")))?;
                     for en in entries {
                         top.upsert(en);
                     }
@@ -219,9 +162,8 @@ impl StageLogic for ScoreStage {
     }
 
     fn process(&mut self, state: &mut PartitionState<'_>, input: &Input<'_>) -> Result<Processed, StageError> {
-        let dead = |code, reason| {
-            Ok(Processed { outcome: "dead_lettered", outputs: vec![Output::dead_letter("score", input, code, reason)] })
-        };
+        let dead =
+            |code, reason| Ok(Processed::new("dead_lettered", vec![Output::dead_letter("score", input, code, reason)]));
         let e = match event::decode(input.payload, usize::MAX) {
             Ok(e) => e,
             Err(err) => return dead(err.code(), err.to_string()),
@@ -229,8 +171,7 @@ impl StageLogic for ScoreStage {
         let Some(ht) = self.hunt_tier(&e) else {
             return dead("unknown_tier", format!("hunt {} has no tier {}", e.hunt_id, e.tier));
         };
-        let p = state.partition();
-        let wm = self.watermark(state)?;
+        let wm = state.watermark();
         let window = self.windows.window_start(e.event_time);
         if self.windows.is_late(e.event_time, wm) {
             let reason = format!(
@@ -238,10 +179,7 @@ impl StageLogic for ScoreStage {
                 e.event_time,
                 self.windows.closes_at(window)
             );
-            return Ok(Processed {
-                outcome: "late",
-                outputs: vec![Output::dead_letter("score", input, "late_event", reason)],
-            });
+            return Ok(Processed::new("late", vec![Output::dead_letter("score", input, "late_event", reason)]));
         }
 
         let mut outputs = Vec::new();
@@ -275,34 +213,12 @@ impl StageLogic for ScoreStage {
             });
         }
 
-        let upstream = input.upstream.map_or(0, |(_, l)| l.partition);
-        let new_wm = wm.max(self.observe_upstream(state, upstream, e.event_time)?);
-        if new_wm != wm {
-            state.put(WM_KEY.to_vec(), new_wm.to_be_bytes().to_vec());
-            self.watermarks.insert(p, new_wm);
-            let floor = |w: i64| w.div_euclid(WATERMARK_STEP_MS) * WATERMARK_STEP_MS;
-            if wm == i64::MIN || floor(new_wm) != floor(wm) {
-                // After this record's candidates: per rank partition, they
-                // arrive before the watermark that covers them.
-                let mark = Candidate::Watermark { partition: p, partitions: self.partitions, watermark: floor(new_wm) };
-                let payload = mark.encode();
-                for rp in 0..self.rank_partitions {
-                    outputs.push(Output {
-                        sink: Sink::Primary,
-                        key: b"\0watermark".to_vec(),
-                        payload: payload.clone(),
-                        partition: Some(rp),
-                        headers: vec![(HEADER_SCHEMA, "candidate/v1".into())],
-                    });
-                }
-            }
-        }
-        Ok(Processed { outcome: "scored", outputs })
+        Ok(Processed { outcome: "scored", outputs, event_time: Some(e.event_time) })
     }
 
     fn before_commit(&mut self, state: &mut PartitionState<'_>) -> Result<(), StageError> {
         let p = state.partition();
-        let wm = self.watermark(state)?;
+        let wm = state.watermark();
         let windows = self.windows;
         let mut n = 0;
         let expired = state.scan_committed(b"w/", |k, _| {
@@ -328,7 +244,7 @@ impl StageLogic for ScoreStage {
         for ((bp, ht, board), cached) in self.boards.iter_mut() {
             if *bp == p && cached.dirty {
                 let bytes = serde_json::to_vec(&cached.top.entries())
-                    .map_err(|e| StageError::Fatal(format!("encode top-N: {e}")))?;
+                    .map_err(|e| StageError::Poison(format!("encode top-N: {e}")))?;
                 state.put(top_key(*ht, *board), bytes);
                 cached.dirty = false;
             }
@@ -338,8 +254,6 @@ impl StageLogic for ScoreStage {
 
     fn on_rewind(&mut self) {
         self.boards.clear();
-        self.watermarks.clear();
-        self.upstreams.clear();
     }
 }
 

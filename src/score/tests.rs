@@ -4,8 +4,10 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::event::GameEvent;
+use crate::pipeline::{time_config, StageKind};
 use crate::stage::testing::LogicHarness;
 use crate::topology::{RankRewardSpec, Topology};
+use crate::windowing::TimeRecord;
 
 pub(crate) fn small_topology() -> Topology {
     let mut spec = Topology::parse(include_str!("../../topology/treasure-hunt.yaml")).expect("shipped").spec().clone();
@@ -39,13 +41,13 @@ pub(crate) fn event(id: u32, player: u32, tier: &str, points: u64, time: i64, ch
     .encode()
 }
 
-fn candidates(p: &Processed) -> Vec<Candidate> {
-    p.outputs.iter().filter(|o| o.sink == Sink::Primary).map(|o| Candidate::decode(&o.payload).unwrap()).collect()
+fn harness(topology: &Topology) -> LogicHarness<ScoreStage> {
+    LogicHarness::new(ScoreStage::new(topology).unwrap(), time_config(StageKind::Score, topology))
 }
 
 #[test]
 fn event_beyond_grace_goes_to_dead_letter_and_counts_nowhere() {
-    let mut h = LogicHarness::new(ScoreStage::new(&small_topology()).unwrap());
+    let mut h = harness(&small_topology());
     assert_eq!(h.feed(0, b"p1", &event(1, 1, "gold", 10, 1_000, false)).outcome, "scored");
     // Window [0, 60s) closes at 70 s: this moves the watermark there.
     h.feed(0, b"p2", &event(2, 2, "gold", 10, 70_000, false));
@@ -60,7 +62,7 @@ fn event_beyond_grace_goes_to_dead_letter_and_counts_nowhere() {
 
 #[test]
 fn watermark_is_broadcast_to_every_rank_partition_once_per_second() {
-    let mut h = LogicHarness::new(ScoreStage::new(&small_topology()).unwrap());
+    let mut h = harness(&small_topology());
     let marks = |p: &Processed| {
         p.outputs.iter().filter(|o| o.partition.is_some()).map(|o| (o.partition.unwrap(), o.payload.clone())).count()
     };
@@ -68,9 +70,26 @@ fn watermark_is_broadcast_to_every_rank_partition_once_per_second() {
     assert_eq!(marks(&h.feed(1, b"p", &event(2, 1, "gold", 1, 1_999, false))), 0);
     let p = h.feed(1, b"p", &event(3, 1, "gold", 1, 2_000, false));
     assert_eq!(marks(&p), 3);
-    assert!(candidates(&p).contains(&Candidate::Watermark { partition: 1, partitions: 2, watermark: 2_000 }));
+    let forwarded: Vec<TimeRecord> =
+        p.outputs.iter().filter(|o| o.partition.is_some()).map(|o| TimeRecord::decode(&o.payload).unwrap()).collect();
+    assert!(forwarded.contains(&TimeRecord::Watermark { partition: 1, partitions: 2, watermark: 2_000 }));
     // Older events never move it back.
     assert_eq!(marks(&h.feed(1, b"p", &event(4, 1, "gold", 1, 500, false))), 0);
+}
+
+#[test]
+fn forwarded_claim_watermarks_close_windows_without_any_event() {
+    let mut h = harness(&small_topology());
+    h.feed(0, b"p1", &event(1, 1, "gold", 10, 1_000, false));
+    h.commit();
+    let heartbeat = |t| TimeRecord::Watermark { partition: 0, partitions: 1, watermark: t };
+    let p = h.feed_time(0, Some(0), &heartbeat(69_000));
+    assert_eq!(p.outcome, "watermark");
+    assert_eq!(p.outputs.len(), 3, "forwarded to every rank partition");
+    h.feed_time(0, Some(0), &heartbeat(70_000));
+    assert_eq!(h.feed(0, b"p1", &event(2, 1, "gold", 10, 59_000, false)).outcome, "late");
+    h.commit();
+    assert_eq!(h.committed(0, b"w/"), 0, "the closed window's sums are purged");
 }
 
 #[test]
@@ -80,7 +99,7 @@ fn watermark_is_the_slowest_claim_partition_so_a_burst_from_one_makes_nothing_la
         spec.topics.events.partitions = 2;
         Topology::from_spec(spec).unwrap()
     };
-    let mut h = LogicHarness::new(ScoreStage::new(&topology).unwrap());
+    let mut h = harness(&topology);
     // Claim partition 0 runs far ahead: no watermark until partition 1 reports.
     h.feed_from(0, Some(0), b"p", &event(1, 1, "gold", 10, 500_000, false));
     assert_eq!(h.feed_from(0, Some(1), b"p", &event(2, 1, "gold", 10, 1_000, false)).outcome, "scored");
@@ -93,7 +112,7 @@ fn watermark_is_the_slowest_claim_partition_so_a_burst_from_one_makes_nothing_la
 
 #[test]
 fn closed_windows_are_purged_from_state() {
-    let mut h = LogicHarness::new(ScoreStage::new(&small_topology()).unwrap());
+    let mut h = harness(&small_topology());
     h.feed(0, b"p1", &event(1, 1, "gold", 10, 1_000, false));
     h.commit();
     assert_eq!(h.committed(0, b"w/"), 1);
@@ -162,7 +181,7 @@ proptest! {
         events in proptest::collection::vec((0u32..12, 0u64..40, 0i64..400_000, any::<bool>()), 1..120),
         cuts in proptest::collection::vec(0usize..3, 120),
     ) {
-        let mut h = LogicHarness::new(ScoreStage::new(&small_topology()).unwrap());
+        let mut h = harness(&small_topology());
         let mut view = Boards::new();
         let mut since_commit: Vec<(usize, Vec<Output>)> = Vec::new();
         for (i, &(player, points, t, gold)) in events.iter().enumerate() {
@@ -173,7 +192,7 @@ proptest! {
                 0 => {
                     h.commit();
                     for (_, outs) in since_commit.drain(..) {
-                        for o in outs.iter().filter(|o| o.sink == Sink::Primary) {
+                        for o in outs.iter().filter(|o| o.sink == Sink::Primary && o.partition.is_none()) {
                             apply(&mut view, &Candidate::decode(&o.payload).unwrap());
                         }
                     }
@@ -192,7 +211,7 @@ proptest! {
             }
         }
         for (_, outs) in since_commit {
-            for o in outs.iter().filter(|o| o.sink == Sink::Primary) {
+            for o in outs.iter().filter(|o| o.sink == Sink::Primary && o.partition.is_none()) {
                 apply(&mut view, &Candidate::decode(&o.payload).unwrap());
             }
         }

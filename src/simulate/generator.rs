@@ -1,5 +1,8 @@
 //! Deterministic synthetic shard traffic. Same seed, same shard -> the same
-//! bytes in the same order, so failures found by a simulated run replay.
+//! events in the same order, so failures found by a simulated run replay.
+//! Event times follow the wall clock (a live shard's), because the writers'
+//! heartbeats close windows on it; a fixed `start_time_ms` gives fully
+//! reproducible bytes instead.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -23,9 +26,11 @@ pub struct TrafficShape {
     pub malformed_ratio: f64,
     /// Share of events whose event time is beyond the prize window's grace.
     pub late_ratio: f64,
-    /// Event time of the first event, epoch ms.
-    pub start_time_ms: i64,
-    /// Event-time milliseconds between two events of one shard.
+    /// Event time of the first event, epoch ms; `None`: each event is
+    /// stamped with the wall clock when generated.
+    pub start_time_ms: Option<i64>,
+    /// With `start_time_ms`: event-time milliseconds between two events of
+    /// one shard.
     pub event_interval_ms: i64,
     /// How far back late events are placed, ms.
     pub lateness_ms: i64,
@@ -41,7 +46,7 @@ impl Default for TrafficShape {
             duplicate_ratio: 0.05,
             malformed_ratio: 0.01,
             late_ratio: 0.01,
-            start_time_ms: 1_767_225_600_000,
+            start_time_ms: None,
             event_interval_ms: 20,
             lateness_ms: 120_000,
         }
@@ -149,7 +154,10 @@ impl ShardGenerator {
             kind,
             chest_key,
             points,
-            event_time: self.shape.start_time_ms + seq as i64 * self.shape.event_interval_ms,
+            event_time: match self.shape.start_time_ms {
+                Some(start) => start + seq as i64 * self.shape.event_interval_ms,
+                None => crate::event::now_ms(),
+            },
         }
     }
 
@@ -197,7 +205,7 @@ mod tests {
     #[test]
     fn same_seed_gives_the_same_bytes_and_other_seeds_differ() {
         let t = topology();
-        let shape = TrafficShape::default();
+        let shape = TrafficShape { start_time_ms: Some(1_767_225_600_000), ..TrafficShape::default() };
         let take = |shape: &TrafficShape| {
             let mut g = ShardGenerator::new(&t, shape, 3, "shard-3".into());
             (0..500).map(|_| g.next_item().bytes).collect::<Vec<_>>()

@@ -13,14 +13,20 @@
 //! 3. consumers keep the highest lineage applied per upstream partition in
 //!    their state and skip anything at or below it.
 
+mod engine;
+mod metrics;
 mod restore;
 #[cfg(test)]
 pub(crate) mod testing;
+mod time;
 mod worker;
 
 use std::collections::BTreeMap;
 
-pub use worker::{run_worker, WorkerConfig, WorkerMetrics, WorkerReport};
+pub use engine::{HEADER_WINDOW_CLOSES_AT, REASON_PROCESSING_FAILED};
+pub use metrics::WorkerMetrics;
+pub use time::TimeConfig;
+pub use worker::{run_worker, WorkerConfig, WorkerReport};
 
 use crate::state::{StateError, StateStore};
 
@@ -43,14 +49,51 @@ pub const HEADER_LINEAGE: &str = "huntflow-lineage";
 /// State key of the next input offset of a partition.
 pub(crate) const POSITION_KEY: &[u8] = b"\0pos";
 
+/// A stage error; [`StageError::action`] says what the runtime does with it.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
+    /// Broker trouble: retried (abort, back off, replay) unless the producer
+    /// was fenced or failed fatally, or a record is too large to produce.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// Local state unreadable: stop.
     #[error("state: {0}")]
     State(#[from] StateError),
+    /// This input record cannot be processed: dead-letter it and move on.
     #[error("{0}")]
-    Fatal(String),
+    Poison(String),
+    /// Corrupt state or a broken setup: stop the worker with this error.
+    #[error("{0}")]
+    Stop(String),
+}
+
+/// What the runtime does about an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorAction {
+    /// Abort the transaction, back off, replay from the committed positions.
+    Retry,
+    /// Replay up to the failing record, then dead-letter it instead.
+    DeadLetter,
+    /// Stop the worker; the process exits non-zero and is restarted.
+    Stop,
+}
+
+impl StageError {
+    pub fn action(&self) -> ErrorAction {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+        match self {
+            StageError::Kafka(KafkaError::Transaction(e)) if e.is_fatal() => ErrorAction::Stop,
+            StageError::Kafka(KafkaError::Global(Code::Fatal | Code::Fenced | Code::ProducerFenced)) => {
+                ErrorAction::Stop
+            }
+            StageError::Kafka(KafkaError::MessageProduction(Code::MessageSizeTooLarge | Code::InvalidMessageSize)) => {
+                ErrorAction::DeadLetter
+            }
+            StageError::Kafka(_) => ErrorAction::Retry,
+            StageError::Poison(_) => ErrorAction::DeadLetter,
+            StageError::State(_) | StageError::Stop(_) => ErrorAction::Stop,
+        }
+    }
 }
 
 /// Where a record came from: enough to recognise it when it is replayed.
@@ -146,6 +189,15 @@ impl Output {
 pub struct Processed {
     pub outcome: &'static str,
     pub outputs: Vec<Output>,
+    /// Event time this record adds to its upstream partition's progress
+    /// (the runtime derives the partition watermark from it).
+    pub event_time: Option<i64>,
+}
+
+impl Processed {
+    pub fn new(outcome: &'static str, outputs: Vec<Output>) -> Self {
+        Self { outcome, outputs, event_time: None }
+    }
 }
 
 /// A partition's state during a transaction: uncommitted writes over the
@@ -154,11 +206,19 @@ pub struct PartitionState<'a> {
     pub(crate) store: &'a StateStore,
     pub(crate) partition: i32,
     pub(crate) pending: &'a mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The partition's event-time watermark before this record (`i64::MIN`
+    /// while unknown); owned by the runtime.
+    pub(crate) watermark: i64,
 }
 
 impl PartitionState<'_> {
     pub fn partition(&self) -> i32 {
         self.partition
+    }
+
+    /// The partition's event-time watermark (`i64::MIN` while unknown).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
@@ -210,6 +270,11 @@ impl PartitionState<'_> {
 pub trait StageLogic: Send + 'static {
     fn name(&self) -> &'static str;
     fn process(&mut self, state: &mut PartitionState<'_>, input: &Input<'_>) -> Result<Processed, StageError>;
+    /// The partition's watermark advanced to `watermark` (after the record
+    /// just processed): close what is due.
+    fn on_watermark(&mut self, _state: &mut PartitionState<'_>, _watermark: i64) -> Result<Vec<Output>, StageError> {
+        Ok(Vec::new())
+    }
     /// Housekeeping before each commit (expiry); may only change state.
     fn before_commit(&mut self, _state: &mut PartitionState<'_>) -> Result<(), StageError> {
         Ok(())

@@ -2,16 +2,19 @@
 //! starting from the offset the store already reflects: a restart or a new
 //! owner reads only the missing tail.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::worker::WorkerConfig;
-use super::StageError;
+use super::{StageError, POSITION_KEY};
+
+/// Header naming the transaction a changelog record belongs to.
+pub(crate) const HEADER_TXN: &str = "huntflow-txn";
 use crate::state::{StateStore, Write};
 
 const BATCH: usize = 10_000;
@@ -24,8 +27,21 @@ pub struct Restored {
     pub already_local: u64,
 }
 
-pub fn restore_partition(cfg: &WorkerConfig, store: &StateStore, partition: i32) -> Result<Restored, StageError> {
-    let mut from = store.changelog_next(partition)?;
+/// One changelog reader restores every partition in `partitions` (a
+/// rebalance of 32 partitions costs one consumer, not 32 in a row). A
+/// partition is restored when the reader's position reaches the high
+/// watermark: read_committed stops at the last stable offset, so an open
+/// transaction of a previous owner is waited for (bounded by the
+/// transaction timeout) instead of restoring half of it.
+pub fn restore_partitions(
+    cfg: &WorkerConfig,
+    store: &StateStore,
+    partitions: &[i32],
+) -> Result<Vec<(i32, Restored)>, StageError> {
+    let mut out: BTreeMap<i32, Restored> = BTreeMap::new();
+    if partitions.is_empty() {
+        return Ok(Vec::new());
+    }
     let consumer: BaseConsumer = cfg
         .client
         .clone()
@@ -34,58 +50,161 @@ pub fn restore_partition(cfg: &WorkerConfig, store: &StateStore, partition: i32)
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .create()?;
-    let (low, high) = consumer.fetch_watermarks(&cfg.changelog_topic, partition, Duration::from_secs(10))?;
-    if from > high {
-        // The store is ahead of its changelog: the topic was recreated (or
-        // this disk belongs to another cluster). The changelog is the truth.
-        tracing::warn!(topic = %cfg.changelog_topic, partition, local = from, high, "local state is ahead of its changelog; rebuilding it");
-        store.wipe_partition(partition)?;
-        from = 0;
-    }
-    if from > 0 && from < low {
-        // Records this store never saw were deleted from the changelog
-        // (retention instead of compaction, or a broker that caps partition
-        // size like the embedded one): the restored state may miss keys.
-        tracing::error!(topic = %cfg.changelog_topic, partition, local = from, low, "changelog lost records this store needs; check cleanup.policy=compact");
-    }
-    let start = from.max(low);
-    let already_local = (start - low).max(0) as u64;
-    if start >= high {
-        return Ok(Restored { applied: 0, already_local });
-    }
+    let topic = cfg.changelog_topic.as_str();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&cfg.changelog_topic, partition, Offset::Offset(start))?;
+    let mut todo: HashMap<i32, i64> = HashMap::new();
+    for &p in partitions {
+        let (start, high, already_local) = plan(&consumer, topic, store, p)?;
+        out.insert(p, Restored { applied: 0, already_local });
+        if start < high {
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
+            todo.insert(p, high);
+        }
+    }
+    if todo.is_empty() {
+        return Ok(out.into_iter().collect());
+    }
     consumer.assign(&tpl)?;
-    let mut batch: Vec<Write> = Vec::new();
-    let mut applied = 0u64;
-    let mut next = start;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while next < high {
+    let mut groups: HashMap<i32, TxnGroups> = HashMap::new();
+    let deadline = Instant::now() + cfg.transaction_timeout + Duration::from_secs(5);
+    while !todo.is_empty() {
         if Instant::now() > deadline {
-            return Err(StageError::Fatal(format!(
-                "restoring {} partition {partition} timed out at {next}/{high}",
-                cfg.changelog_topic
+            let (p, high) = todo.iter().next().map(|(p, h)| (*p, *h)).unwrap_or_default();
+            return Err(StageError::Stop(format!(
+                "restoring {topic} partition {p} did not reach its end ({high}) within the transaction timeout"
             )));
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                batch.push((m.key().unwrap_or_default().to_vec(), m.payload().map(<[u8]>::to_vec)));
-                next = m.offset() + 1;
-                if batch.len() >= BATCH {
-                    applied += batch.len() as u64;
-                    store.apply(partition, &batch, Some(next))?;
-                    batch.clear();
+                let p = m.partition();
+                let g = groups.entry(p).or_default();
+                g.push(&m);
+                if g.ready.len() >= BATCH {
+                    let next = g.open_from.unwrap_or(m.offset() + 1);
+                    flush_batch(store, p, &mut g.ready, next, &mut out)?;
                 }
             }
-            // End of what read_committed may see (control records or an open
-            // transaction beyond it): the tail is restored.
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PartitionEOF))) => break,
+            // The end of what read_committed may see: done once that is the
+            // high watermark (a tail transaction marker counts as read).
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                let position = position_of(&consumer, topic, p)?;
+                if todo.get(&p).is_some_and(|high| position >= *high) {
+                    todo.remove(&p);
+                    let g = groups.entry(p).or_default();
+                    g.close(topic, p);
+                    flush_batch(store, p, &mut g.ready, position, &mut out)?;
+                }
+            }
             Some(Err(e)) => return Err(e.into()),
             None => {}
         }
     }
-    applied += batch.len() as u64;
-    store.apply(partition, &batch, Some(next.max(start)))?;
-    Ok(Restored { applied, already_local })
+    Ok(out.into_iter().collect())
+}
+
+/// Changelog records grouped by the transaction that wrote them (header
+/// `huntflow-txn`). A group counts only if it holds its `\0pos` record,
+/// which the runtime writes last: on brokers that show aborted or open
+/// transactions to read_committed readers (the embedded one, Tansu), a
+/// worker killed mid-commit leaves a partial group, and applying it would
+/// apply state whose input position was never recorded (then replayed:
+/// counted twice).
+#[derive(Default)]
+struct TxnGroups {
+    /// Complete groups, ready to apply.
+    ready: Vec<Write>,
+    open: Vec<Write>,
+    open_txn: Option<String>,
+    /// Offset of the open group's first record.
+    open_from: Option<i64>,
+    complete: bool,
+}
+
+impl TxnGroups {
+    fn push(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let txn = crate::kafka::header_str(m, HEADER_TXN);
+        if txn.is_none() || txn != self.open_txn {
+            let dropped = self.close_quietly();
+            if dropped > 0 {
+                tracing::warn!(dropped, "ignored the changelog records of an unfinished transaction");
+            }
+            self.open_txn = txn.clone();
+            self.open_from = Some(m.offset());
+        }
+        let key = m.key().unwrap_or_default();
+        self.complete |= key == POSITION_KEY || txn.is_none();
+        self.open.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
+    }
+
+    /// Ends the open group: applied if complete, dropped if not.
+    fn close_quietly(&mut self) -> usize {
+        let open = std::mem::take(&mut self.open);
+        let dropped = if self.complete { 0 } else { open.len() };
+        if self.complete {
+            self.ready.extend(open);
+        }
+        self.complete = false;
+        self.open_txn = None;
+        self.open_from = None;
+        dropped
+    }
+
+    fn close(&mut self, topic: &str, p: i32) {
+        let dropped = self.close_quietly();
+        if dropped > 0 {
+            tracing::warn!(topic, partition = p, dropped, "ignored the changelog records of an unfinished transaction");
+        }
+    }
+}
+
+/// Where to start reading a partition's changelog and where it ends.
+fn plan(consumer: &BaseConsumer, topic: &str, store: &StateStore, p: i32) -> Result<(i64, i64, u64), StageError> {
+    let mut from = store.changelog_next(p)?;
+    let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+    if from > high {
+        // The store is ahead of its changelog: the topic was recreated (or
+        // this disk belongs to another cluster). The changelog is the truth.
+        tracing::warn!(
+            topic,
+            partition = p,
+            local = from,
+            high,
+            "local state is ahead of its changelog; rebuilding it"
+        );
+        store.wipe_partition(p)?;
+        from = 0;
+    }
+    if from < low {
+        // Records this store never saw were deleted (retention instead of
+        // compaction, or a broker capping partition size like the embedded
+        // one): restoring would silently miss keys.
+        return Err(StageError::Stop(format!(
+            "changelog {topic} partition {p} starts at offset {low} but the local store needs it from {from}: \
+             records were deleted (the topic needs cleanup.policy=compact)"
+        )));
+    }
+    Ok((from, high, (from - low).max(0) as u64))
+}
+
+fn position_of(consumer: &BaseConsumer, topic: &str, p: i32) -> Result<i64, StageError> {
+    let positions = consumer.position()?;
+    Ok(match positions.find_partition(topic, p).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => o,
+        _ => 0,
+    })
+}
+
+fn flush_batch(
+    store: &StateStore,
+    p: i32,
+    batch: &mut Vec<Write>,
+    next: i64,
+    out: &mut BTreeMap<i32, Restored>,
+) -> Result<(), StageError> {
+    if let Some(r) = out.get_mut(&p) {
+        r.applied += batch.len() as u64;
+    }
+    store.apply(p, batch, Some(next))?;
+    batch.clear();
+    Ok(())
 }

@@ -113,6 +113,20 @@ impl Topology {
         self.inner.tiers.get(&(hunt_id.to_owned(), tier.to_owned())).copied()
     }
 
+    /// Per `hunt/tier`, a digest of everything that decides its standings and
+    /// prizes (tier spec, hunt currency): stored with stage state, so a worker
+    /// can name what changed when the topology no longer matches its state.
+    pub fn tier_fingerprints(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for h in &self.inner.spec.hunts {
+            for t in &h.tiers {
+                let canonical = serde_json::to_vec(&(t, &h.currency)).unwrap_or_default();
+                out.insert(format!("{}/{}", h.id, t.name), hex::encode(&Sha256::digest(&canonical)[..8]));
+            }
+        }
+        out
+    }
+
     /// The topic config huntflow creates and checks: the file's config plus
     /// safe defaults for whatever it leaves out.
     pub fn effective_topic_config(&self, role: &str, topic: &TopicSpec) -> BTreeMap<String, String> {
@@ -134,6 +148,16 @@ pub fn safe_topic_config(role: &str, topic: &TopicSpec) -> BTreeMap<String, Stri
         config.entry("cleanup.policy".into()).or_insert_with(|| "compact".into());
     }
     config
+}
+
+/// Stable 4-byte state id of a (hunt, tier): a digest of the names, so
+/// state keys do not depend on where a tier sits in `topology.yaml`
+/// (inserting a tier must not pay one tier's standings from another's table).
+pub fn tier_state_id(hunt_id: &str, tier: &str) -> [u8; 4] {
+    let d =
+        Sha256::new().chain_update(b"huntflow-tier/v1\0").chain_update(hunt_id).chain_update([0]).chain_update(tier);
+    let d = d.finalize();
+    [d[0], d[1], d[2], d[3]]
 }
 
 fn content_hash(hunts: &[HuntSpec]) -> String {

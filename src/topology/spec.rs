@@ -276,15 +276,27 @@ pub struct WindowsSpec {
     /// Also keep a lifetime (whole-hunt) leaderboard.
     #[serde(default = "default_true")]
     pub lifetime_board: bool,
+    /// Event time a closed window's leaderboard key stays on the compacted
+    /// leaderboards topic after its close (end + grace); then rank writes its
+    /// tombstone.
+    #[serde(default = "default_leaderboard_retention")]
+    pub leaderboard_retention: HumanDuration,
 }
 
 fn default_true() -> bool {
     true
 }
+fn default_leaderboard_retention() -> HumanDuration {
+    HumanDuration::from_millis(600_000)
+}
 
 impl Default for WindowsSpec {
     fn default() -> Self {
-        Self { prize: TumblingWindowSpec::default(), lifetime_board: true }
+        Self {
+            prize: TumblingWindowSpec::default(),
+            lifetime_board: true,
+            leaderboard_retention: default_leaderboard_retention(),
+        }
     }
 }
 
@@ -324,6 +336,18 @@ pub struct IngestLimitsSpec {
     /// Largest accepted event, in bytes of its JSON encoding.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
+    /// How far ahead of the writer's clock (ingest, Kinesis bridge) an
+    /// event_time may be; later ones are dead-lettered `event_time_in_future`.
+    #[serde(default = "default_max_clock_skew")]
+    pub max_clock_skew: HumanDuration,
+    /// How often each writer of the events topic appends a heartbeat (its
+    /// clock) to every events partition, so windows close without traffic.
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval: HumanDuration,
+    /// A writer whose latest heartbeat on a partition is this far behind the
+    /// newest heartbeat there is dead and no longer holds the partition's time.
+    #[serde(default = "default_writer_timeout")]
+    pub heartbeat_writer_timeout: HumanDuration,
 }
 
 fn default_rate() -> u32 {
@@ -335,6 +359,15 @@ fn default_burst() -> u32 {
 fn default_max_event_bytes() -> usize {
     16 * 1024
 }
+fn default_max_clock_skew() -> HumanDuration {
+    HumanDuration::from_millis(5 * 60_000)
+}
+fn default_heartbeat_interval() -> HumanDuration {
+    HumanDuration::from_millis(1_000)
+}
+fn default_writer_timeout() -> HumanDuration {
+    HumanDuration::from_millis(10_000)
+}
 
 impl Default for IngestLimitsSpec {
     fn default() -> Self {
@@ -342,6 +375,9 @@ impl Default for IngestLimitsSpec {
             events_per_second_per_shard: default_rate(),
             burst_per_shard: default_burst(),
             max_event_bytes: default_max_event_bytes(),
+            max_clock_skew: default_max_clock_skew(),
+            heartbeat_interval: default_heartbeat_interval(),
+            heartbeat_writer_timeout: default_writer_timeout(),
         }
     }
 }

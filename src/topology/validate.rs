@@ -54,6 +54,20 @@ pub fn validate(spec: &TopologySpec) -> Vec<Problem> {
     if spec.windows.prize.size.as_millis() == 0 {
         p.push("windows.prize.size", "must be greater than 0");
     }
+    let mut ids = std::collections::HashMap::new();
+    for (hi, h) in spec.hunts.iter().enumerate() {
+        for (ti, t) in h.tiers.iter().enumerate() {
+            let name = format!("{}/{}", h.id, t.name);
+            match ids.insert(super::tier_state_id(&h.id, &t.name), name.clone()) {
+                // The same name twice is reported as a duplicate tier.
+                Some(other) if other != name => p.push(
+                    format!("hunts[{hi}].tiers[{ti}]"),
+                    format!("state id collides with {other}; rename the tier"),
+                ),
+                _ => {}
+            }
+        }
+    }
     let i = &spec.ingest;
     if i.events_per_second_per_shard == 0 {
         p.push("ingest.events_per_second_per_shard", "must be greater than 0");
@@ -63,6 +77,12 @@ pub fn validate(spec: &TopologySpec) -> Vec<Problem> {
     }
     if !(256..=1024 * 1024).contains(&i.max_event_bytes) {
         p.push("ingest.max_event_bytes", "must be between 256 and 1048576");
+    }
+    if !(100..=60_000).contains(&i.heartbeat_interval.as_millis()) {
+        p.push("ingest.heartbeat_interval", "must be between 100ms and 60s");
+    }
+    if i.heartbeat_writer_timeout.as_millis() < 2 * i.heartbeat_interval.as_millis() {
+        p.push("ingest.heartbeat_writer_timeout", "must be at least twice ingest.heartbeat_interval");
     }
     p.0
 }

@@ -14,13 +14,17 @@ use rdkafka::ClientConfig;
 use serde_json::Value;
 
 pub use read::{read_topic, Record};
-use reference::RefEvent;
+use reference::Accepted;
 
 use crate::topology::Topology;
 
 /// Must match the score stage's watermark step (a contract, not shared code).
 const WATERMARK_STEP_MS: i64 = 1_000;
 const LINEAGE: &str = "huntflow-lineage";
+const SCHEMA: &str = "huntflow-schema";
+/// Time records (contract: README "Record formats").
+const SCHEMA_HEARTBEAT: &str = "heartbeat/v1";
+const SCHEMA_WATERMARK: &str = "watermark/v1";
 const STAGE: &str = "huntflow-stage";
 const REASON_CODE: &str = "huntflow-reason-code";
 
@@ -78,7 +82,9 @@ impl std::fmt::Display for VerifyReport {
             self.awards
         )?;
         writeln!(f, "  leaderboards    {:>10}  boards checked, watermark {:?}", self.boards, self.watermark)?;
-        for p in self.problems.iter().take(25) {
+        for p in
+            self.problems.iter().take(if std::env::var_os("HUNTFLOW_VERIFY_ALL").is_some() { usize::MAX } else { 25 })
+        {
             writeln!(f, "  PROBLEM: {p}")?;
         }
         if self.problems.len() > 25 {
@@ -121,41 +127,53 @@ pub async fn verify(client: ClientConfig, topology: &Topology, timeout: Duration
 pub fn check(
     topology: &Topology,
     events: &[Record],
-    accepted: &[Record],
+    accepted_all: &[Record],
     dead: &[Record],
     prizes: &[Record],
     boards: &[Record],
 ) -> VerifyReport {
-    let mut r = VerifyReport { events: events.len(), accepted_physical: accepted.len(), ..Default::default() };
+    let is = |r: &Record, schema: &str| r.header(SCHEMA) == Some(schema);
+    let events: Vec<&Record> = events.iter().filter(|e| !is(e, SCHEMA_HEARTBEAT)).collect();
+    let mut r = VerifyReport { events: events.len(), ..Default::default() };
 
     // claim
     let mut by_partition: BTreeMap<i32, Vec<&[u8]>> = BTreeMap::new();
-    for e in events {
+    for e in &events {
         by_partition.entry(e.partition).or_default().push(&e.payload);
     }
-    let (mut expected, mut invalid, mut chest_rejected) = (HashMap::new(), 0, 0);
+    // Events are identified by (shard, event id): dedup is scoped by shard.
+    let (mut expected, mut invalid, mut chest_rejected, mut conflicting) = (HashMap::new(), 0, 0, 0);
     for records in by_partition.values() {
         let out = reference::claim(records, topology);
         invalid += out.invalid;
         chest_rejected += out.chest_rejected;
+        conflicting += out.conflicting;
         for e in out.accepted {
-            expected.insert(e.event_id.clone(), e);
+            expected.insert(format!("{}/{}", e.shard, e.event_id), e);
         }
     }
-    let accepted = logical(accepted);
-    r.accepted_logical = accepted.len();
+    let accepted = logical(accepted_all);
+    r.accepted_physical = accepted_all.iter().filter(|a| !is(a, SCHEMA_WATERMARK)).count();
+    r.accepted_logical = accepted.iter().filter(|a| !is(a, SCHEMA_WATERMARK)).count();
     let partitions = topology.spec().topics.accepted.partitions.max(1) as usize;
-    let mut score_input: Vec<Vec<(i32, RefEvent)>> = vec![Vec::new(); partitions];
+    let mut score_input: Vec<Vec<(i32, Accepted)>> = vec![Vec::new(); partitions];
     let mut got: HashMap<String, usize> = HashMap::new();
     for rec in &accepted {
+        // `claim:<partition>:<offset>:<index>`
+        let upstream = rec.header(LINEAGE).and_then(|l| l.split(':').nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let input = score_input.get_mut(rec.partition as usize);
+        if is(rec, SCHEMA_WATERMARK) {
+            match serde_json::from_slice::<Value>(&rec.payload).ok().and_then(|v| v["watermark"].as_i64()) {
+                Some(t) => input.into_iter().for_each(|list| list.push((upstream, Accepted::Watermark(t)))),
+                None => r.problems.push(format!("watermark at {}:{} is unreadable", rec.partition, rec.offset)),
+            }
+            continue;
+        }
         match reference::parse_event(&rec.payload, topology) {
             Some(e) => {
-                *got.entry(e.event_id.clone()).or_default() += 1;
-                // `claim:<partition>:<offset>:<index>`
-                let upstream =
-                    rec.header(LINEAGE).and_then(|l| l.split(':').nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
-                if let Some(list) = score_input.get_mut(rec.partition as usize) {
-                    list.push((upstream, e));
+                *got.entry(format!("{}/{}", e.shard, e.event_id)).or_default() += 1;
+                if let Some(list) = input {
+                    list.push((upstream, Accepted::Event(e)));
                 }
             }
             None => {
@@ -168,7 +186,8 @@ pub fn check(
             r.problems.push(format!("event {id} accepted {n} times (logical duplicate)"));
         }
         if !expected.contains_key(id) {
-            r.problems.push(format!("event {id} accepted but must not be (retry, lost chest or invalid)"));
+            r.problems
+                .push(format!("event {id} accepted but must not be (retry, conflicting copy, lost chest or invalid)"));
         }
     }
     let missing: Vec<&String> = expected.keys().filter(|id| !got.contains_key(*id)).collect();
@@ -188,10 +207,11 @@ pub fn check(
     }
     let count =
         |prefix: &str| -> u64 { r.dead_letters.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| *v).sum() };
-    let claim_invalid = count("claim/") - count("claim/chest_already_claimed");
+    let claim_invalid = count("claim/") - count("claim/chest_already_claimed") - count("claim/conflicting_duplicate");
     for (what, got, want) in [
         ("claim dead letters for invalid events", claim_invalid, invalid),
         ("claim dead letters for lost chest claims", count("claim/chest_already_claimed"), chest_rejected),
+        ("claim dead letters for conflicting duplicates", count("claim/conflicting_duplicate"), conflicting),
         ("score dead letters for late events", count("score/late_event"), score.late),
         ("rank dead letters", count("rank/"), 0),
     ] {
@@ -207,14 +227,20 @@ pub fn check(
 
 fn check_prizes(r: &mut VerifyReport, topology: &Topology, score: &reference::ScoreOutcome, prizes: &[Record]) {
     r.batches_physical = prizes.len();
-    let mut batches: BTreeMap<String, BTreeMap<String, reference::RefAward>> = BTreeMap::new();
-    let mut key_owner: HashMap<String, String> = HashMap::new();
+    // batch id -> part -> awards, and how many parts each part says there are.
+    let mut parts: BTreeMap<String, BTreeMap<u64, BTreeMap<String, reference::RefAward>>> = BTreeMap::new();
+    let mut declared: BTreeMap<String, u64> = BTreeMap::new();
+    let mut key_owner: HashMap<String, (String, u64)> = HashMap::new();
     for rec in prizes {
         let Ok(v) = serde_json::from_slice::<Value>(&rec.payload) else {
             r.problems.push(format!("prize record at {}:{} is not JSON", rec.partition, rec.offset));
             continue;
         };
         let id = v["batch_id"].as_str().unwrap_or_default().to_owned();
+        let (part, of) = (v["part"].as_u64().unwrap_or(1), v["parts"].as_u64().unwrap_or(1));
+        if *declared.entry(id.clone()).or_insert(of) != of {
+            r.problems.push(format!("batch {id}: parts disagree on how many parts there are"));
+        }
         let mut awards = BTreeMap::new();
         for a in v["awards"].as_array().into_iter().flatten() {
             let key = a["idempotency_key"].as_str().unwrap_or_default().to_owned();
@@ -224,23 +250,32 @@ fn check_prizes(r: &mut VerifyReport, topology: &Topology, score: &reference::Sc
                 a["amount"].as_u64().unwrap_or_default(),
             );
             if awards.insert(key.clone(), award).is_some() {
-                r.problems.push(format!("batch {id} lists award {key} twice"));
+                r.problems.push(format!("batch {id} part {part} lists award {key} twice"));
             }
-            if let Some(owner) = key_owner.insert(key.clone(), id.clone()) {
-                if owner != id {
-                    r.problems.push(format!("award key {key} appears in batches {owner} and {id} (logical duplicate)"));
+            if let Some(owner) = key_owner.insert(key.clone(), (id.clone(), part)) {
+                if owner != (id.clone(), part) {
+                    r.problems
+                        .push(format!("award key {key} appears in {owner:?} and {id} part {part} (logical duplicate)"));
                 }
             }
         }
-        match batches.get(&id) {
+        match parts.entry(id.clone()).or_default().get(&part) {
             Some(prev) if *prev != awards => {
-                r.problems.push(format!("batch {id} was emitted twice with different awards"))
+                r.problems.push(format!("batch {id} part {part} was emitted twice with different awards"))
             }
             Some(_) => {}
             None => {
-                batches.insert(id, awards);
+                parts.entry(id).or_default().insert(part, awards);
             }
         }
+    }
+    let mut batches: BTreeMap<String, BTreeMap<String, reference::RefAward>> = BTreeMap::new();
+    for (id, by_part) in parts {
+        let of = declared.get(&id).copied().unwrap_or(1);
+        if by_part.keys().copied().ne(1..=of) {
+            r.problems.push(format!("batch {id}: parts {:?} of {of}", by_part.keys().collect::<Vec<_>>()));
+        }
+        batches.insert(id, by_part.into_values().flatten().collect());
     }
     r.batches_logical = batches.len();
     r.awards = batches.values().map(BTreeMap::len).sum();
@@ -275,7 +310,14 @@ fn check_boards(r: &mut VerifyReport, topology: &Topology, score: &reference::Sc
     let closes = (spec.windows.prize.size.as_millis() + spec.windows.prize.grace.as_millis()) as i64;
     // Latest snapshot per board.
     let mut latest: BTreeMap<String, (i64, Value)> = BTreeMap::new();
+    // Windows whose key rank tombstoned after retention (compaction may
+    // have removed their snapshots).
+    let mut tombstoned = std::collections::BTreeSet::new();
     for rec in boards {
+        if rec.payload.is_empty() {
+            tombstoned.insert(String::from_utf8_lossy(&rec.key).into_owned());
+            continue;
+        }
         let Ok(v) = serde_json::from_slice::<Value>(&rec.payload) else {
             r.problems.push(format!("leaderboard record at {}:{} is not JSON", rec.partition, rec.offset));
             continue;
@@ -296,8 +338,11 @@ fn check_boards(r: &mut VerifyReport, topology: &Topology, score: &reference::Sc
         let board = window.map_or("lifetime".to_owned(), |w| w.to_string());
         let key = format!("{hunt}/{tier}/{board}");
         r.boards += 1;
+        let closed = window.is_some_and(|w| score.watermark.is_some_and(|wm| wm >= w + closes));
         let Some((_, snap)) = latest.get(&key) else {
-            r.problems.push(format!("board {key}: no snapshot published"));
+            if !(closed && tombstoned.contains(&key)) {
+                r.problems.push(format!("board {key}: no snapshot published"));
+            }
             continue;
         };
         let got: Vec<(String, u64, i64)> = snap["entries"]
@@ -322,7 +367,6 @@ fn check_boards(r: &mut VerifyReport, topology: &Topology, score: &reference::Sc
                 ranking.get(first)
             ));
         }
-        let closed = window.is_some_and(|w| score.watermark.is_some_and(|wm| wm >= w + closes));
         if closed && snap["closed"] != Value::Bool(true) {
             r.problems.push(format!("board {key}: window closed but its final snapshot is missing"));
         }

@@ -10,16 +10,43 @@ use sha2::{Digest, Sha256};
 
 use crate::topology::Topology;
 
-/// A valid event, as the model sees it.
-#[derive(Clone, Debug)]
+/// A valid event, as the model sees it: every field of the envelope, so two
+/// copies of one id can be compared field by field.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefEvent {
     pub event_id: String,
+    pub shard: String,
     pub hunt: String,
+    pub region: String,
     pub tier: String,
     pub player: String,
+    pub kind: String,
     pub chest: Option<String>,
     pub points: u64,
     pub time: i64,
+}
+
+impl RefEvent {
+    /// Names of the fields in which `other` differs from `self`.
+    pub fn differences(&self, other: &RefEvent) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        let mut cmp = |name: &'static str, same: bool| {
+            if !same {
+                d.push(name);
+            }
+        };
+        cmp("event_id", self.event_id == other.event_id);
+        cmp("shard_id", self.shard == other.shard);
+        cmp("hunt_id", self.hunt == other.hunt);
+        cmp("region", self.region == other.region);
+        cmp("tier", self.tier == other.tier);
+        cmp("player_id", self.player == other.player);
+        cmp("kind", self.kind == other.kind);
+        cmp("chest_key", self.chest == other.chest);
+        cmp("points", self.points == other.points);
+        cmp("event_time", self.time == other.time);
+        d
+    }
 }
 
 const FIELDS: [&str; 11] = [
@@ -52,8 +79,7 @@ pub fn parse_event(bytes: &[u8], topology: &Topology) -> Option<RefEvent> {
         (!s.is_empty() && s.len() <= 128).then(|| s.to_owned())
     };
     let (event_id, hunt, tier, player) = (text("event_id")?, text("hunt_id")?, text("tier")?, text("player_id")?);
-    text("shard_id")?;
-    text("region")?;
+    let (shard, region) = (text("shard_id")?, text("region")?);
     let kind = o.get("kind")?.as_str()?;
     if !["chest_opened", "clue_solved", "milestone_reached"].contains(&kind) {
         return None;
@@ -69,22 +95,29 @@ pub fn parse_event(bytes: &[u8], topology: &Topology) -> Option<RefEvent> {
     let time = o.get("event_time")?.as_i64().filter(|t| *t >= 0)?;
     let hunt_spec = topology.spec().hunts.iter().find(|h| h.id == hunt)?;
     hunt_spec.tiers.iter().find(|t| t.name == tier)?;
-    Some(RefEvent { event_id, hunt, tier, player, chest, points, time })
+    let kind = kind.to_owned();
+    Some(RefEvent { event_id, shard, hunt, region, tier, player, kind, chest, points, time })
 }
 
-/// The claim stage's contract over one events partition, in log order.
+/// The claim stage's contract over one events partition, in log order:
+/// dedup per (shard, event id) within the TTL on the partition's event-time
+/// clock (an identical copy is a retry, a copy with any field changed is a
+/// conflict and the first copy counts), then the first claim of each
+/// (hunt, chest) wins.
+#[derive(Debug, Default)]
 pub struct ClaimOutcome {
     pub accepted: Vec<RefEvent>,
     pub invalid: u64,
     pub retries: u64,
+    pub conflicting: u64,
     pub chest_rejected: u64,
 }
 
 pub fn claim(records: &[&[u8]], topology: &Topology) -> ClaimOutcome {
     let ttl = topology.spec().stages.dedup_ttl.as_millis() as i64;
-    let mut out = ClaimOutcome { accepted: Vec::new(), invalid: 0, retries: 0, chest_rejected: 0 };
-    let mut seen: HashMap<String, i64> = HashMap::new();
-    let mut chests: BTreeSet<String> = BTreeSet::new();
+    let mut out = ClaimOutcome::default();
+    let mut seen: HashMap<(String, String), RefEvent> = HashMap::new();
+    let mut chests: BTreeSet<(String, String)> = BTreeSet::new();
     let mut clock = i64::MIN;
     for bytes in records {
         let Some(e) = parse_event(bytes, topology) else {
@@ -92,13 +125,18 @@ pub fn claim(records: &[&[u8]], topology: &Topology) -> ClaimOutcome {
             continue;
         };
         clock = clock.max(e.time);
-        if seen.get(&e.event_id).is_some_and(|t| *t >= clock - ttl) {
-            out.retries += 1;
+        let id = (e.shard.clone(), e.event_id.clone());
+        if let Some(first) = seen.get(&id).filter(|first| first.time >= clock - ttl) {
+            if first.differences(&e).is_empty() {
+                out.retries += 1;
+            } else {
+                out.conflicting += 1;
+            }
             continue;
         }
-        seen.insert(e.event_id.clone(), e.time);
+        seen.insert(id, e.clone());
         if let Some(c) = &e.chest {
-            if !chests.insert(c.clone()) {
+            if !chests.insert((e.hunt.clone(), c.clone())) {
                 out.chest_rejected += 1;
                 continue;
             }
@@ -123,11 +161,20 @@ pub struct ScoreOutcome {
     pub watermark: Option<i64>,
 }
 
+/// One record of an accepted partition: an event, or a watermark claim
+/// forwarded from the writers' heartbeats.
+#[derive(Clone, Debug)]
+pub enum Accepted {
+    Event(RefEvent),
+    Watermark(i64),
+}
+
 /// The score stage's contract: `partitions[p]` is accepted partition p in
-/// log order, each event with the events partition it was claimed from. A
+/// log order, each record with the events partition it was claimed from. A
 /// partition's watermark is the minimum over events partitions of the
-/// latest time seen from each, once all have been seen.
-pub fn score(partitions: &[Vec<(i32, RefEvent)>], topology: &Topology, step_ms: i64) -> ScoreOutcome {
+/// latest time seen from each (event times and forwarded watermarks), once
+/// all have been seen; it never goes back.
+pub fn score(partitions: &[Vec<(i32, Accepted)>], topology: &Topology, step_ms: i64) -> ScoreOutcome {
     let spec = topology.spec();
     let size = spec.windows.prize.size.as_millis() as i64;
     let grace = spec.windows.prize.grace.as_millis() as i64;
@@ -139,7 +186,18 @@ pub fn score(partitions: &[Vec<(i32, RefEvent)>], topology: &Topology, step_ms: 
     for events in partitions {
         let mut wm = i64::MIN;
         let mut latest: HashMap<i32, i64> = HashMap::new();
-        for (upstream, e) in events {
+        for (upstream, record) in events {
+            let e = match record {
+                Accepted::Event(e) => e,
+                Accepted::Watermark(t) => {
+                    let latest_t = latest.entry(*upstream).or_insert(*t);
+                    *latest_t = (*latest_t).max(*t);
+                    if latest.len() >= upstreams {
+                        wm = wm.max(latest.values().copied().min().unwrap_or(i64::MIN));
+                    }
+                    continue;
+                }
+            };
             let start = start_of(e.time);
             if wm != i64::MIN && start + size + grace <= wm {
                 out.late += 1;

@@ -4,9 +4,13 @@
 //! computed in `i128` and clamped, so the `i64::MIN` "unknown" watermark or a
 //! hostile timestamp can never panic or wrap around.
 
-mod watermark;
+mod progress;
+mod time_record;
 
-pub use watermark::WatermarkTracker;
+pub use progress::{Advanced, Progress, ProgressRules, Source};
+pub use time_record::{
+    floor_step, TimeRecord, HEARTBEAT_KEY, SCHEMA_HEARTBEAT, SCHEMA_WATERMARK, WATERMARK_KEY, WATERMARK_STEP_MS,
+};
 
 /// Rejected window parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

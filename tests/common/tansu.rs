@@ -41,7 +41,16 @@ impl Tansu {
     pub fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        let (out, err) = match std::env::var("HUNTFLOW_TANSU_LOG") {
+            Ok(path) => {
+                let f = std::fs::File::create(format!("{path}.{port}")).expect("tansu log");
+                (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+            }
+            Err(_) => (Stdio::null(), Stdio::null()),
+        };
+        cmd.env("RUST_LOG", std::env::var("HUNTFLOW_TANSU_RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        let child = cmd
             .args([
                 "broker",
                 "--listener-url",
@@ -51,8 +60,8 @@ impl Tansu {
                 "--storage-engine",
                 "memory://tansu/",
             ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("tansu starts");
         let deadline = Instant::now() + Duration::from_secs(15);
