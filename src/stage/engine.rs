@@ -113,6 +113,21 @@ impl<L: StageLogic> Engine<L> {
         if old.as_ref() == Some(current) {
             return Ok(());
         }
+        if old.is_none() && self.store.get(p, POSITION_KEY)?.is_some() {
+            // Progress without a topology record: written by a build older
+            // than the stable state layout (tier ids, shard-scoped dedup).
+            let what = format!(
+                "{} partition {p} holds state written by an older huntflow (other key layout)",
+                self.cfg.changelog_topic
+            );
+            if !self.cfg.allow_topology_change {
+                return Err(StageError::Stop(format!(
+                    "{what}; start from empty state (delete the state directory and the changelog topic) \
+                     or restart with --allow-topology-change to keep it"
+                )));
+            }
+            tracing::warn!("{what}; kept (--allow-topology-change)");
+        }
         if let Some(old) = old {
             let mut changes = Vec::new();
             for (k, v) in current {
@@ -338,6 +353,18 @@ impl<L: StageLogic> Engine<L> {
         let timeout = self.cfg.transaction_timeout;
         let t = Instant::now();
         let partitions: Vec<i32> = self.pending.keys().copied().collect();
+        // Every committed transaction leaves the topology record behind (an
+        // abort may have dropped the one queued at assignment).
+        let record = serde_json::to_vec(&self.cfg.tier_fingerprints).map_err(|e| StageError::Stop(e.to_string()))?;
+        for p in &partitions {
+            if self.store.get(*p, TOPOLOGY_KEY)?.is_none() {
+                self.pending
+                    .entry(*p)
+                    .or_default()
+                    .entry(TOPOLOGY_KEY.to_vec())
+                    .or_insert_with(|| Some(record.clone()));
+            }
+        }
         for p in &partitions {
             let pending = self.pending.entry(*p).or_default();
             let mut state = PartitionState { store: &self.store, partition: *p, pending, watermark: i64::MIN };
