@@ -160,10 +160,67 @@ enum BenchWhich {
         events: u64,
     },
     /// Events/s through claim -> score -> rank next to a raw consume->produce
-    /// passthrough, then leaderboard query latency at 10k req/s.
+    /// passthrough, ROUNDS times interleaved (fresh embedded broker each),
+    /// with each of WORKERS per stage; median ratios; then query latency.
     Pipeline {
         #[arg(long, default_value_t = 200_000)]
         events: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Workers per stage to measure, comma-separated (e.g. 1,2).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        workers: Vec<u32>,
+    },
+    /// Event time -> visible on the query API and window close -> prize
+    /// batch, p50/p99, at a fixed offered rate through HTTP ingest.
+    Latency {
+        /// Offered events/s (default: SHARE of a measured maximum).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 0.5)]
+        share: f64,
+        /// Events posted as fast as possible to measure the maximum.
+        #[arg(long, default_value_t = 100_000)]
+        max_events: u64,
+        /// Length of the fixed-rate phase.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// One probe event every this many ms.
+        #[arg(long, default_value_t = 200)]
+        probe_ms: u64,
+        /// Prize window size and grace for this run (seconds).
+        #[arg(long, default_value_t = 10)]
+        window_secs: u64,
+        #[arg(long, default_value_t = 2)]
+        grace_secs: u64,
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+    },
+    /// A claim worker process with EVENTS of state SIGKILLed and restarted
+    /// (own store, empty store): seconds until it processes new input. Needs --brokers.
+    Restart {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// New events sent before each restart.
+        #[arg(long, default_value_t = 100)]
+        probes: u64,
+        /// Partitions of the events/accepted topics (default: the topology's).
+        #[arg(long)]
+        partitions: Option<i32>,
+        #[arg(long, default_value_t = 6_000)]
+        session_timeout_ms: u64,
+        #[arg(long, default_value_t = 10_000)]
+        transaction_timeout_ms: u64,
+    },
+    /// Peak RSS and open fds of a score worker process seeing PLAYERS distinct players.
+    Memory {
+        #[arg(long, default_value_t = 1_000_000)]
+        players: u64,
+        /// Events (default: one per player).
+        #[arg(long)]
+        events: Option<u64>,
+        #[arg(long)]
+        partitions: Option<i32>,
     },
     /// Records/s from Kinesis into the events topic in polling and enhanced
     /// fan-out mode, against `kinesis.endpoint_url` (e.g. kinesis-local).
@@ -403,27 +460,45 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Bench { which: BenchWhich::Pipeline { events } } => {
-            let report = huntflow::bench::pipeline(&load()?, events).await?;
-            print!("{report}");
-            Ok(ExitCode::SUCCESS)
+        Command::Bench { which } => bench(which, &load()?).await,
+    }
+}
+
+async fn bench(which: BenchWhich, settings: &Settings) -> Result<ExitCode> {
+    use huntflow::bench;
+    match which {
+        BenchWhich::Pipeline { events, rounds, workers } => {
+            print!("{}", bench::pipeline(settings, events, rounds, &workers).await?);
         }
-        Command::Bench { which: BenchWhich::Kinesis { records, shards } } => {
-            let report = huntflow::bench::kinesis(&load()?, records, shards).await?;
-            print!("{report}");
-            Ok(ExitCode::SUCCESS)
+        BenchWhich::Latency { rate, share, max_events, seconds, probe_ms, window_secs, grace_secs, workers } => {
+            let o = bench::LatencyOptions {
+                rate,
+                share,
+                max_events,
+                seconds,
+                probe_ms,
+                window_secs,
+                grace_secs,
+                workers,
+                ..Default::default()
+            };
+            print!("{}", bench::latency(settings, o).await?);
         }
-        Command::Bench { which: BenchWhich::WindowClose { windows, window_ms, grace_ms } } => {
-            println!("{}", huntflow::bench::window_close(windows, window_ms, grace_ms).await?);
-            Ok(ExitCode::SUCCESS)
+        BenchWhich::Restart { events, probes, partitions, session_timeout_ms, transaction_timeout_ms } => {
+            let o = bench::RestartOptions { events, probes, partitions, session_timeout_ms, transaction_timeout_ms };
+            print!("{}", bench::restart_bench(settings, o).await?);
         }
-        Command::Bench { which: BenchWhich::Ingest { events } } => {
-            let settings = load()?;
-            let report = huntflow::bench::ingest(&settings, events).await?;
-            print!("{report}");
-            Ok(ExitCode::SUCCESS)
+        BenchWhich::Memory { players, events, partitions } => {
+            let o = bench::MemoryOptions { players, events: events.unwrap_or(players), partitions };
+            print!("{}", bench::memory(settings, o).await?);
+        }
+        BenchWhich::Kinesis { records, shards } => print!("{}", bench::kinesis(settings, records, shards).await?),
+        BenchWhich::Ingest { events } => print!("{}", bench::ingest(settings, events).await?),
+        BenchWhich::WindowClose { windows, window_ms, grace_ms } => {
+            println!("{}", bench::window_close(windows, window_ms, grace_ms).await?)
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `config --check`: the effective settings, what the command would bind,

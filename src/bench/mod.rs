@@ -1,13 +1,25 @@
 //! `huntflow bench ...`: throughput numbers measured next to a raw rdkafka
-//! baseline in the same run, so ratios stay meaningful on a noisy machine.
-//! Nothing here asserts a threshold.
+//! baseline in the same run, so ratios stay meaningful on a noisy machine;
+//! end-to-end latency, restart time and worker memory. Nothing here asserts
+//! a threshold. `micro` holds hooks for the criterion benches in `benches/`.
 
 mod kinesis;
+mod latency;
+mod load;
+mod memory;
+pub mod micro;
 mod pipeline;
+mod proc;
+mod restart;
+mod stats;
+mod traffic;
 mod window_close;
 
 pub use kinesis::{kinesis, KinesisBench};
+pub use latency::{latency, LatencyBench, LatencyOptions};
+pub use memory::{memory, MemoryBench, MemoryOptions};
 pub use pipeline::{pipeline, PipelineBench};
+pub use restart::{restart_bench, BenchError, RestartBench, RestartOptions};
 pub use window_close::{window_close, WindowCloseBench};
 
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! `huntflow bench pipeline`: events/s through claim -> score -> rank next
 //! to a raw consume->produce passthrough (no state, no transactions) over the
-//! same events in the same run; then leaderboard query latency.
+//! same events, interleaved run by run (each on a fresh embedded broker), with
+//! 1 or more workers per stage; then leaderboard query latency.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::stats::{median, percentile};
 use crate::config::Settings;
 use crate::kafka::{Cluster, EventProducer, KafkaError};
 use crate::pipeline::Pipeline;
@@ -19,27 +21,101 @@ use crate::simulate::{self, SimulateOptions, Target};
 use crate::stage::WorkerMetrics;
 use crate::topology::Topology;
 
-#[derive(Debug)]
+/// One measured run: events/s over the whole run (start-up included) and
+/// from the first processed record on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Throughput {
+    pub eps: f64,
+    pub eps_after_start: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Round {
+    pub passthrough: Throughput,
+    /// (workers per stage, throughput)
+    pub pipeline: Vec<(u32, Throughput)>,
+}
+
+#[derive(Debug, Default)]
 pub struct PipelineBench {
     pub events: u64,
-    pub passthrough_eps: f64,
-    pub pipeline_eps: f64,
+    pub workers: Vec<u32>,
+    pub rounds: Vec<Round>,
     pub query_requests: usize,
     pub query_rps: f64,
     pub query_p50_ms: f64,
     pub query_p99_ms: f64,
 }
 
+impl PipelineBench {
+    /// Median over rounds of (pipeline / passthrough of the same round).
+    pub fn median_ratio(&self, workers: u32) -> f64 {
+        let ratios: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter_map(|r| {
+                let p = r.pipeline.iter().find(|(w, _)| *w == workers)?;
+                Some(p.1.eps / r.passthrough.eps.max(f64::MIN_POSITIVE))
+            })
+            .collect();
+        median(&ratios)
+    }
+
+    fn median_eps(&self, workers: u32) -> f64 {
+        let v: Vec<f64> = self
+            .rounds
+            .iter()
+            .flat_map(|r| r.pipeline.iter().filter(|(w, _)| *w == workers).map(|p| p.1.eps))
+            .collect();
+        median(&v)
+    }
+}
+
 impl std::fmt::Display for PipelineBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "pipeline benchmark: {} events on the embedded broker, 1 worker per stage", self.events)?;
-        writeln!(f, "  raw passthrough (consume->produce, no state, no txn) {:>10.0} events/s", self.passthrough_eps)?;
         writeln!(
             f,
-            "  claim -> score -> rank (exactly once, RocksDB)       {:>10.0} events/s  ratio {:.2}",
-            self.pipeline_eps,
-            self.pipeline_eps / self.passthrough_eps
+            "pipeline benchmark: {} events, {} interleaved rounds on fresh embedded brokers; workers per stage {:?}",
+            self.events,
+            self.rounds.len(),
+            self.workers
         )?;
+        for (i, r) in self.rounds.iter().enumerate() {
+            let p = r.passthrough;
+            writeln!(
+                f,
+                "  round {}: raw passthrough (no state, no txn)  {:>9.0} events/s ({:.0} after start-up)",
+                i + 1,
+                p.eps,
+                p.eps_after_start
+            )?;
+            for (w, t) in &r.pipeline {
+                writeln!(
+                    f,
+                    "  round {}: claim->score->rank, {w} worker(s)/stage {:>9.0} events/s ({:.0} after start-up)  ratio {:.3}",
+                    i + 1,
+                    t.eps,
+                    t.eps_after_start,
+                    t.eps / p.eps.max(f64::MIN_POSITIVE)
+                )?;
+            }
+        }
+        let pass: Vec<f64> = self.rounds.iter().map(|r| r.passthrough.eps).collect();
+        writeln!(f, "  median passthrough {:.0} events/s", median(&pass))?;
+        for w in &self.workers {
+            writeln!(
+                f,
+                "  median pipeline, {w} worker(s)/stage: {:.0} events/s, median ratio {:.3}",
+                self.median_eps(*w),
+                self.median_ratio(*w)
+            )?;
+        }
+        if let (Some(first), Some(last)) = (self.workers.first(), self.workers.last()) {
+            if first != last {
+                let scale = self.median_eps(*last) / self.median_eps(*first).max(f64::MIN_POSITIVE);
+                writeln!(f, "  scaling {last} vs {first} worker(s)/stage: x{scale:.2}")?;
+            }
+        }
         writeln!(
             f,
             "  leaderboard query: {} requests at {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms",
@@ -54,7 +130,7 @@ fn stage_totals(registry: &Registry) -> [f64; 3] {
     [total("claim"), total("score"), total("rank")]
 }
 
-fn passthrough(client: ClientConfig, from: &str, to: &str, events: u64) -> Result<f64, KafkaError> {
+fn passthrough(client: ClientConfig, from: &str, to: &str, events: u64) -> Result<Throughput, KafkaError> {
     let consumer: BaseConsumer =
         client.clone().set("group.id", "huntflow-bench-passthrough").set("enable.auto.commit", "false").create()?;
     let md = consumer.fetch_metadata(Some(from), Duration::from_secs(10))?;
@@ -66,9 +142,11 @@ fn passthrough(client: ClientConfig, from: &str, to: &str, events: u64) -> Resul
     let producer: ThreadedProducer<DefaultProducerContext> =
         client.clone().set("linger.ms", "5").set("acks", "all").set("compression.type", "lz4").create()?;
     let started = Instant::now();
+    let mut first: Option<Instant> = None;
     let mut copied = 0u64;
     while copied < events && started.elapsed() < Duration::from_secs(600) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
             let mut record =
                 BaseRecord::to(to).payload(m.payload().unwrap_or_default()).key(m.key().unwrap_or_default());
             loop {
@@ -84,76 +162,139 @@ fn passthrough(client: ClientConfig, from: &str, to: &str, events: u64) -> Resul
         }
     }
     producer.flush(Duration::from_secs(60))?;
-    Ok(copied as f64 / started.elapsed().as_secs_f64())
+    let first = first.unwrap_or(started);
+    Ok(Throughput {
+        eps: copied as f64 / started.elapsed().as_secs_f64(),
+        eps_after_start: copied as f64 / first.elapsed().as_secs_f64(),
+    })
 }
 
-pub async fn pipeline(settings: &Settings, events: u64) -> Result<PipelineBench, RunError> {
-    let topology = Topology::load(&settings.topology)?;
-    let mut settings = settings.clone();
-    settings.brokers = None;
-    let cluster = Cluster::connect(&settings, &topology)?;
-    cluster.ensure_topics(&topology, Duration::from_secs(30)).await?;
-    let events_topic = topology.spec().topics.events.name.clone();
+/// A fresh embedded broker with the topology's topics and `events` simulated
+/// events on the events topic; returns it and how many events it holds.
+async fn fed_cluster(settings: &Settings, topology: &Topology, events: u64) -> Result<(Cluster, u64), RunError> {
+    let cluster = Cluster::connect(settings, topology)?;
+    cluster.ensure_topics(topology, Duration::from_secs(30)).await?;
+    let producer = EventProducer::new(&cluster, topology, Duration::from_secs(60))?;
+    let sim = SimulateOptions { events: Some(events), ..Default::default() };
+    let fed = simulate::run(topology, Target::Kafka(producer), sim, CancellationToken::new()).await?;
+    Ok((cluster, fed.accepted))
+}
+
+async fn measure_passthrough(settings: &Settings, topology: &Topology, events: u64) -> Result<Throughput, RunError> {
+    let (cluster, events) = fed_cluster(settings, topology, events).await?;
     let copy_topic = "bench.passthrough";
     if let Some(embedded) = cluster.embedded() {
         embedded.create_topic(copy_topic, topology.spec().topics.accepted.partitions, 1)?;
     }
-    let producer = EventProducer::new(&cluster, &topology, Duration::from_secs(60))?;
-    let sim = SimulateOptions { events: Some(events), ..Default::default() };
-    let fed = simulate::run(&topology, Target::Kafka(producer), sim, CancellationToken::new()).await?;
-    let events = fed.accepted;
+    let client = cluster.client_config();
+    let from = topology.spec().topics.events.name.clone();
+    let t = tokio::task::spawn_blocking(move || passthrough(client, &from, copy_topic, events))
+        .await
+        .map_err(|e| KafkaError::Join(e.to_string()))??;
+    Ok(t)
+}
 
-    let pass = {
-        let cluster = cluster.client_config();
-        let (from, events) = (events_topic.clone(), events);
-        tokio::task::spawn_blocking(move || passthrough(cluster, &from, copy_topic, events))
-            .await
-            .map_err(|e| KafkaError::Join(e.to_string()))??
-    };
+/// Query latency measured on a pipeline's leaderboards.
+#[derive(Default)]
+struct QueryLatency {
+    requests: usize,
+    rps: f64,
+    p50: f64,
+    p99: f64,
+}
 
-    let state = std::env::temp_dir().join(format!("huntflow-bench-{}", std::process::id()));
+async fn measure_pipeline(
+    settings: &Settings,
+    topology: &Topology,
+    events: u64,
+    workers: u32,
+    query: bool,
+) -> Result<(Throughput, Option<QueryLatency>), RunError> {
+    let (cluster, events) = fed_cluster(settings, topology, events).await?;
+    let state = std::env::temp_dir().join(format!("huntflow-bench-{}-{workers}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let mut settings = settings.clone();
     settings.state_dir = state.clone();
     let registry = Registry::new();
     let started = Instant::now();
-    let workers = Pipeline::start(&settings, &cluster, &topology, 1, WorkerMetrics::new(&registry));
+    let pipeline = Pipeline::start(&settings, &cluster, topology, workers, WorkerMetrics::new(&registry));
     let mut last = stage_totals(&registry);
-    let mut last_change = Instant::now();
-    loop {
+    let (mut first, mut last_change) = (None, Instant::now());
+    while pipeline.all_running() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = stage_totals(&registry);
         if now != last {
             last = now;
             last_change = Instant::now();
+            first.get_or_insert(last_change);
         } else if now[0] >= events as f64 && last_change.elapsed() > Duration::from_secs(2) {
             break;
         }
     }
-    let pipeline_eps = events as f64 / last_change.duration_since(started).as_secs_f64();
+    let secs = last_change.duration_since(started).as_secs_f64();
+    let after = last_change.duration_since(first.unwrap_or(started)).as_secs_f64();
+    let t = Throughput { eps: events as f64 / secs, eps_after_start: events as f64 / after.max(1e-3) };
+    let latency = if query { Some(query_latency(&cluster, topology).await?) } else { None };
+    pipeline.stop().await?;
+    let _ = std::fs::remove_dir_all(state);
+    Ok((t, latency))
+}
 
+async fn query_latency(cluster: &Cluster, topology: &Topology) -> Result<QueryLatency, RunError> {
     let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let query = start_query(any_port, &cluster, &topology, Registry::new()).await?;
+    let query = start_query(any_port, cluster, topology, Registry::new()).await?;
     let tier = topology.spec().hunts.first().and_then(|h| h.tiers.first().map(|t| (h.id.clone(), t.name.clone())));
     let (hunt, tier) = tier.unwrap_or_default();
     let url = format!("http://{}/v1/hunts/{hunt}/tiers/{tier}/leaderboard?limit=100", query.addr);
+    // Wait until the board is published before hammering it.
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (latencies, rps) = hammer(&url, 10_000.0, Duration::from_secs(5)).await;
     query.stop().await?;
-    workers.stop().await?;
-    let _ = std::fs::remove_dir_all(state);
-    let pct = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Ok(PipelineBench {
-        events,
-        passthrough_eps: pass,
-        pipeline_eps,
-        query_requests: latencies.len(),
-        query_rps: rps,
-        query_p50_ms: pct(0.5),
-        query_p99_ms: pct(0.99),
+    Ok(QueryLatency {
+        requests: latencies.len(),
+        rps,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
     })
+}
+
+/// `rounds` rounds of: passthrough, then the pipeline with each of `workers`
+/// per stage; each measurement on a fresh embedded broker with the same
+/// simulated events. Query latency on the last round's first pipeline.
+pub async fn pipeline(
+    settings: &Settings,
+    events: u64,
+    rounds: u32,
+    workers: &[u32],
+) -> Result<PipelineBench, RunError> {
+    let topology = Topology::load(&settings.topology)?;
+    let mut settings = settings.clone();
+    settings.brokers = None;
+    let workers: Vec<u32> = if workers.is_empty() { vec![1] } else { workers.to_vec() };
+    let mut bench = PipelineBench { events, workers: workers.clone(), ..Default::default() };
+    for round in 0..rounds.max(1) {
+        let passthrough = measure_passthrough(&settings, &topology, events).await?;
+        eprintln!("round {}: passthrough {:.0} events/s", round + 1, passthrough.eps);
+        let mut r = Round { passthrough, pipeline: Vec::new() };
+        for (i, w) in workers.iter().enumerate() {
+            let query = round + 1 == rounds.max(1) && i == 0;
+            let (t, q) = measure_pipeline(&settings, &topology, events, *w, query).await?;
+            eprintln!("round {}: pipeline {w} worker(s)/stage {:.0} events/s", round + 1, t.eps);
+            r.pipeline.push((*w, t));
+            if let Some(q) = q {
+                (bench.query_requests, bench.query_rps, bench.query_p50_ms, bench.query_p99_ms) =
+                    (q.requests, q.rps, q.p50, q.p99);
+            }
+        }
+        bench.rounds.push(r);
+    }
+    Ok(bench)
 }
 
 /// Paced GETs at `rate` per second for `duration` from 32 connections;
