@@ -54,8 +54,8 @@ impl BridgeMetrics {
             ),
             iterator_age: gauge_vec(
                 registry,
-                "huntflow_kinesis_iterator_age_milliseconds",
-                "Now minus the arrival time of the last record read, by shard.",
+                "huntflow_kinesis_iterator_age_seconds",
+                "Now minus the arrival time of the last record read, by shard (whole seconds).",
                 &["shard"],
             ),
             throttles: counter_vec(

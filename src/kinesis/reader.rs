@@ -66,7 +66,7 @@ impl ReaderCtx {
         if let Some(arrival) = records.last().and_then(|r| r.approximate_arrival_timestamp()) {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
             let age = now - arrival.to_millis().unwrap_or(now);
-            self.metrics.iterator_age.with_label_values(&[shard]).set(age.max(0));
+            self.metrics.iterator_age.with_label_values(&[shard]).set(age.max(0) / 1000);
         }
         records
             .iter()
