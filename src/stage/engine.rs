@@ -113,21 +113,6 @@ impl<L: StageLogic> Engine<L> {
         if old.as_ref() == Some(current) {
             return Ok(());
         }
-        if old.is_none() && self.store.get(p, POSITION_KEY)?.is_some() {
-            // Progress without a topology record: written by a build older
-            // than the stable state layout (tier ids, shard-scoped dedup).
-            let what = format!(
-                "{} partition {p} holds state written by an older huntflow (other key layout)",
-                self.cfg.changelog_topic
-            );
-            if !self.cfg.allow_topology_change {
-                return Err(StageError::Stop(format!(
-                    "{what}; start from empty state (delete the state directory and the changelog topic) \
-                     or restart with --allow-topology-change to keep it"
-                )));
-            }
-            tracing::warn!("{what}; kept (--allow-topology-change)");
-        }
         if let Some(old) = old {
             let mut changes = Vec::new();
             for (k, v) in current {
