@@ -76,8 +76,8 @@ fn topology_clone() -> Topology {
 
 async fn outputs(cluster: &Cluster, topology: &Topology) -> (Vec<OwnedMessage>, Vec<OwnedMessage>) {
     let t = &topology.spec().topics;
-    let acc = read_topic(cluster.bootstrap(), &t.accepted.name, usize::MAX, Duration::from_millis(500)).await;
-    let dlq = read_topic(cluster.bootstrap(), &t.dead_letter.name, usize::MAX, Duration::from_millis(500)).await;
+    let acc = read_topic(cluster.bootstrap(), &t.accepted.name, usize::MAX, Duration::from_secs(30)).await;
+    let dlq = read_topic(cluster.bootstrap(), &t.dead_letter.name, usize::MAX, Duration::from_secs(30)).await;
     (acc, dlq)
 }
 

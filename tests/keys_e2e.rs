@@ -76,6 +76,7 @@ async fn shared_and_conflicting_event_ids_and_leaderboard_tombstones_pass_verify
         if found || Instant::now() > deadline {
             break found;
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert!(tombstoned, "a null-value record for {key}");
 

@@ -118,7 +118,7 @@ async fn a_record_the_stage_cannot_process_is_dead_lettered_and_its_partition_ke
     // follow the state they cover: the changelog starts with state and ends
     // with the position.
     let changelog =
-        read_topic(cluster.bootstrap(), &format!("{}claim", t.changelog_prefix), usize::MAX, Duration::from_secs(3))
+        read_topic(cluster.bootstrap(), &format!("{}claim", t.changelog_prefix), usize::MAX, Duration::from_secs(30))
             .await;
     let keys: Vec<&[u8]> =
         changelog.iter().filter(|m| m.partition() == 0).map(|m| m.key().unwrap_or_default()).collect();

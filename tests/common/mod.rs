@@ -88,8 +88,10 @@ pub fn is_time_record<M: Message>(m: &M) -> bool {
     })
 }
 
-/// Reads `topic` from the beginning until `expected` data records (time
-/// records are skipped) arrived or `timeout` passed; returns what it got.
+/// Reads `topic` from the beginning until at least `expected` data records
+/// (time records are skipped) arrived and every partition is at its end
+/// (read_committed: the last stable offset), or `timeout` passed; returns
+/// what it got. `usize::MAX` means "everything committed now".
 pub async fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<OwnedMessage> {
     let bootstrap = bootstrap.to_owned();
     let topic = topic.to_owned();
@@ -98,10 +100,12 @@ pub async fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: 
             .set("bootstrap.servers", &bootstrap)
             .set("group.id", format!("test-{}", random_suffix()))
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
             .create()
             .expect("consumer");
         let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let partitions = md.topics()[0].partitions().len();
         let mut tpl = TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
             tpl.add_partition_offset(&topic, p.id(), Offset::Beginning).expect("partition");
@@ -109,20 +113,20 @@ pub async fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: 
         consumer.assign(&tpl).expect("assign");
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
-        while out.len() < expected && Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                if !is_time_record(&m) {
-                    out.push(m.detach());
+        let mut at_end = std::collections::BTreeSet::new();
+        let enough = |n: usize| expected == usize::MAX || n >= expected;
+        while !(enough(out.len()) && at_end.len() == partitions) && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    at_end.remove(&m.partition());
+                    if !is_time_record(&m) {
+                        out.push(m.detach());
+                    }
                 }
-            }
-        }
-        // Linger briefly to catch anything beyond `expected`.
-        let linger = Instant::now() + Duration::from_millis(300);
-        while Instant::now() < linger {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-                if !is_time_record(&m) {
-                    out.push(m.detach());
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
                 }
+                _ => {}
             }
         }
         out
