@@ -91,7 +91,8 @@ fn check_of_ingest_needs_tokens_and_workers_do_not() {
         ..Default::default()
     };
     let s = Settings::load(None, &HashMap::new(), &flags).unwrap();
-    assert!(check(&s, Some(Role::Worker), &HashMap::new()).problems.is_empty());
+    let worker = check(&s, Some(Role::Worker), &HashMap::new()).problems;
+    assert!(worker.is_empty(), "{worker:?}");
     let ingest = check(&s, Some(Role::Ingest), &HashMap::new()).problems.join("\n");
     assert!(ingest.contains("HUNTFLOW_SHARD_TOKENS_FILE"), "{ingest}");
     let bridge = check(&s, Some(Role::KinesisBridge), &HashMap::new()).problems.join("\n");
