@@ -136,8 +136,7 @@ pub async fn read_shard(
                         last_record_at = Instant::now();
                     }
                     // Empty events still carry the clock: time advances on idle shards.
-                    if !ctx.deliver(ShardBatch { shard: shard.clone(), records, finished, clock }).await
-                    {
+                    if !ctx.deliver(ShardBatch { shard: shard.clone(), records, finished, clock }).await {
                         break Ended::Stopped;
                     }
                     if finished {
@@ -151,7 +150,12 @@ pub async fn read_shard(
                         match probe(&ctx, &shard, last.as_deref()).await {
                             Probe::Finished => {
                                 if !ctx
-                                    .deliver(ShardBatch { shard: shard.clone(), records: Vec::new(), finished: true, clock: None })
+                                    .deliver(ShardBatch {
+                                        shard: shard.clone(),
+                                        records: Vec::new(),
+                                        finished: true,
+                                        clock: None,
+                                    })
                                     .await
                                 {
                                     break Ended::Stopped;
