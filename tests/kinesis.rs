@@ -18,7 +18,7 @@ use huntflow::pipeline::Pipeline;
 use huntflow::run::drain_and_verify;
 use huntflow::simulate::{self, SimulateOptions, Target, TrafficShape};
 use huntflow::stage::WorkerMetrics;
-use huntflow::topology::{KinesisSourceSpec, SourceKind, Topology};
+use huntflow::topology::{HumanDuration, KinesisSourceSpec, SourceKind, Topology, TopologySpec};
 use huntflow::verify::read_topic;
 use prometheus::Registry;
 use tokio::task::JoinHandle;
@@ -40,7 +40,7 @@ fn kinesis_settings(endpoint: &str, dir: &std::path::Path) -> Settings {
     s
 }
 
-fn topology(stream: &str, mode: &str) -> Topology {
+fn topology(stream: &str, mode: &str, tweak: fn(&mut TopologySpec)) -> Topology {
     let yaml = format!(
         "stream: {stream}\nmode: {mode}\nidle_poll_interval: 200ms\nsubscription_silence_timeout: 3s\nshard_refresh_interval: 1s\ncommit_interval: 100ms\n"
     );
@@ -48,7 +48,16 @@ fn topology(stream: &str, mode: &str) -> Topology {
     common::test_topology(|spec| {
         spec.source.kind = SourceKind::Kinesis;
         spec.source.kinesis = Some(k);
+        tweak(spec);
     })
+}
+
+/// 5 s windows, 1 s grace, heartbeats every 200 ms.
+fn fast_windows(spec: &mut TopologySpec) {
+    spec.windows.prize.size = HumanDuration::from_millis(5_000);
+    spec.windows.prize.grace = HumanDuration::from_millis(1_000);
+    spec.ingest.heartbeat_interval = HumanDuration::from_millis(200);
+    spec.stages.commit_interval = HumanDuration::from_millis(100);
 }
 
 async fn wait_active(client: &aws_sdk_kinesis::Client, stream: &str) {
@@ -82,10 +91,14 @@ struct Setup {
 
 impl Setup {
     async fn new(endpoint: &str, mode: &str) -> Self {
+        Self::with(endpoint, mode, |_| {}).await
+    }
+
+    async fn with(endpoint: &str, mode: &str, tweak: fn(&mut TopologySpec)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let settings = kinesis_settings(endpoint, dir.path());
         let stream = format!("hunt-{}", common::random_suffix());
-        let topology = topology(&stream, mode);
+        let topology = topology(&stream, mode, tweak);
         let cluster = Cluster::connect(&settings, &topology).unwrap();
         cluster.ensure_topics(&topology, Duration::from_secs(30)).await.unwrap();
         let client = huntflow::kinesis::connect(&settings).await;
@@ -107,9 +120,9 @@ async fn put_at(
     seed: u64,
     rate: Option<f64>,
 ) -> u64 {
-    // The bridge writes no heartbeats: time follows event times, so spread them.
-    let shape =
-        TrafficShape { seed, event_interval_ms: 200, start_time_ms: Some(1_767_225_600_000), ..Default::default() };
+    // Event times follow the wall clock: the bridge's heartbeats follow the
+    // records' arrival in Kinesis.
+    let shape = TrafficShape { seed, ..Default::default() };
     let opts = SimulateOptions { events: Some(events), shards: 8, shape, rate, batch_size: 100, ..Default::default() };
     let target = Target::Kinesis { client: client.clone(), stream: stream.into() };
     let report = simulate::run(topology, target, opts, CancellationToken::new()).await.unwrap();
@@ -569,4 +582,51 @@ async fn a_sigkilled_bridge_resumes_from_its_checkpoints_without_loss_or_repeats
     );
     let tolerated = copies.values().filter(|(c, open)| c + open > 1).count();
     eprintln!("{kills} kills, {} runs, {tolerated} records repeated only by a transaction open at a kill", runs.len());
+}
+
+/// Three events on one of four shards, then nothing: the bridge's heartbeats
+/// (the minimum clock of the shards it reads) close the windows anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_stream_still_closes_every_window_on_the_bridges_heartbeats() {
+    aws_env();
+    let kinesis = KinesisLocal::start();
+    let Setup { dir: _dir, settings, stream, topology, cluster, client } =
+        Setup::with(&kinesis.plain_url, "polling", fast_windows).await;
+    let bridge = Bridge::start(&settings, &cluster, &topology).await;
+    let registry = Registry::new();
+    let pipeline = Pipeline::start(&settings, &cluster, &topology, 1, WorkerMetrics::new(&registry));
+
+    let t = huntflow::event::now_ms();
+    for (id, player, tier) in [("a", "p1", "gold"), ("b", "p2", "gold"), ("c", "p3", "silver")] {
+        let e = serde_json::json!({
+            "v": 1, "event_id": id, "hunt_id": "winter-2026", "shard_id": "shard-0", "region": "eu",
+            "player_id": player, "tier": tier, "kind": "clue_solved", "points": 10, "event_time": t,
+        });
+        let data = aws_sdk_kinesis::primitives::Blob::new(serde_json::to_vec(&e).unwrap());
+        client.put_record().stream_name(&stream).partition_key("shard-0").data(data).send().await.unwrap();
+    }
+    let window = t.div_euclid(5_000) * 5_000;
+    let want = vec![format!("winter-2026/gold/{window}"), format!("winter-2026/silver/{window}")];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut ids: Vec<String> = Vec::new();
+    while ids != want {
+        assert!(Instant::now() < deadline, "prize batches so far: {ids:?}; want {want:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let prizes = read_topic(&cluster.client_config(), &topology.spec().topics.prizes.name, Duration::from_secs(30));
+        ids = prizes
+            .unwrap()
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+            .filter_map(|v| v["batch_id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids.dedup();
+    }
+    let metrics = prometheus::TextEncoder::new().encode_to_string(&bridge.registry.gather()).unwrap();
+    assert!(metrics.contains("huntflow_kinesis_heartbeats_total"), "{metrics}");
+    let report = bridge.stop().await;
+    assert_eq!(report.records, 3);
+    let report = drain_and_verify(&cluster, &topology, Duration::from_secs(120)).await.unwrap();
+    pipeline.stop().await.expect("workers stop cleanly");
+    assert!(report.passed(), "{report}");
 }

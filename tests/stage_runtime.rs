@@ -13,7 +13,8 @@ use huntflow::claim::ClaimStage;
 use huntflow::event::{EventKind, GameEvent};
 use huntflow::kafka::{header_str, Cluster, EventProducer};
 use huntflow::stage::{
-    run_worker, Input, PartitionState, Processed, StageError, StageLogic, WorkerMetrics, REASON_PROCESSING_FAILED,
+    run_worker, Input, Output, PartitionState, Processed, Sink, StageError, StageLogic, WorkerMetrics,
+    REASON_PROCESSING_FAILED,
 };
 use prometheus::Registry;
 use rdkafka::message::OwnedMessage;
@@ -198,4 +199,84 @@ async fn state_built_with_another_reward_table_is_refused_unless_allowed() {
     wait_for(registry, "huntflow_stage_rebalances_total").await;
     cancel.cancel();
     worker.await.unwrap().expect("allowed explicitly");
+}
+
+/// Remembers every event id it sees (`k/<id>`); an event of player `forget`
+/// deletes them all, as a closed window's state is dropped. Each output says
+/// how many of the ids `ev-0..ev-9` the state holds.
+struct Keeper;
+
+impl StageLogic for Keeper {
+    fn name(&self) -> &'static str {
+        "claim"
+    }
+
+    fn process(&mut self, state: &mut PartitionState<'_>, input: &Input<'_>) -> Result<Processed, StageError> {
+        let e = huntflow::event::decode(input.payload, 1 << 20).map_err(|e| StageError::Poison(e.to_string()))?;
+        let key = |id: &str| format!("k/{id}").into_bytes();
+        if e.player_id == "forget" {
+            (0..10).for_each(|i| state.delete(key(&format!("ev-{i}"))));
+        } else {
+            state.put(key(&e.event_id), b"1".to_vec());
+        }
+        let mut held = 0;
+        for i in 0..10 {
+            held += usize::from(state.get(&key(&format!("ev-{i}")))?.is_some());
+        }
+        let payload = format!("{} held={held}", e.event_id).into_bytes();
+        let out = Output { sink: Sink::Primary, key: b"k".to_vec(), payload, partition: None, headers: Vec::new() };
+        Ok(Processed::new("accepted", vec![out]))
+    }
+}
+
+/// Runs a `Keeper` worker on `dir` until the accepted topic holds `outputs`
+/// records, then stops it cleanly; returns them.
+async fn keep_until(
+    cluster: &Cluster,
+    topology: &huntflow::topology::Topology,
+    dir: &std::path::Path,
+    outputs: usize,
+) -> Vec<String> {
+    let mut settings = huntflow::config::Settings::default();
+    settings.state_dir = dir.to_path_buf();
+    let cfg = huntflow::pipeline::worker_config(huntflow::pipeline::StageKind::Claim, &settings, cluster, topology, 0);
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { run_worker(cfg, Keeper, WorkerMetrics::new(&Registry::new()), cancel).await }
+    });
+    let topic = &topology.spec().topics.accepted.name;
+    let got = read_topic(cluster.bootstrap(), topic, outputs, Duration::from_secs(60)).await;
+    cancel.cancel();
+    worker.await.unwrap().expect("the worker stops cleanly");
+    got.iter().map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_returning_to_its_old_store_applies_what_the_other_owner_deleted() {
+    let topology = test_topology(|s| {
+        s.topics.events.partitions = 1;
+        s.topics.accepted.partitions = 1;
+    });
+    let cluster = Cluster::connect(&huntflow::config::Settings::default(), &topology).unwrap();
+    let producer = EventProducer::new(&cluster, &topology, Duration::from_secs(10)).unwrap();
+    let send = |events: Vec<GameEvent>| {
+        let producer = &producer;
+        async move { producer.send_events(&events).await.into_iter().for_each(|r| r.unwrap()) }
+    };
+    let (old, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+
+    // The first owner builds state for ten ids...
+    send((0..10).map(|i| event(i, "p1")).collect()).await;
+    let out = keep_until(&cluster, &topology, old.path(), 10).await;
+    assert_eq!(out.last().map(String::as_str), Some("ev-9 held=10"));
+    // ...another owner restores it from the changelog and drops it...
+    send(vec![event(10, "forget")]).await;
+    let out = keep_until(&cluster, &topology, other.path(), 11).await;
+    assert_eq!(out.last().map(String::as_str), Some("ev-10 held=0"));
+    // ...and when the partition returns to the first owner's store, the
+    // dropped state stays dropped (the tail it restores holds the deletes).
+    send(vec![event(11, "p1")]).await;
+    let out = keep_until(&cluster, &topology, old.path(), 12).await;
+    assert_eq!(out.last().map(String::as_str), Some("ev-11 held=0"), "{out:?}");
 }

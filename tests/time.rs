@@ -105,6 +105,7 @@ async fn prizes_until(
         if done(&got) || Instant::now() > deadline {
             return got;
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{Checkpoint, CheckpointTail, TailView};
-use super::commit::{is_fatal, Committed, TxnWriter};
+use super::commit::{is_fatal, Committed, Heartbeat, TxnWriter};
+use super::heartbeat::ShardClocks;
 use super::metrics::BridgeMetrics;
 use super::reader::{ReaderCtx, ShardBatch};
 use super::{efo, join_error, polling, shards, KinesisError};
@@ -112,10 +113,20 @@ pub async fn run_bridge(
     };
 
     let mut report = BridgeReport::default();
+    // Stable per instance: a restarted bridge continues its own time.
+    let mut time = Time {
+        writer: format!("kinesis-{}-{}", spec.stream, opts.instance),
+        interval: opts.topology.spec().ingest.heartbeat_interval.0,
+        clocks: ShardClocks::default(),
+        active: watch::channel(BTreeSet::new()).1,
+    };
     loop {
         let epoch = cancel.child_token();
         let (tx, rx) = mpsc::channel::<ShardBatch>(256);
         let (committed_tx, committed_rx) = watch::channel(committed.clone());
+        let (active_tx, active_rx) = watch::channel(BTreeSet::new());
+        time.active = active_rx;
+        time.clocks.reset();
         let ctx = ReaderCtx {
             client: opts.kinesis.clone(),
             spec: spec.clone(),
@@ -129,9 +140,11 @@ pub async fn run_bridge(
             committed_rx,
             tail.view.clone(),
             (opts.instance, opts.instances),
+            active_tx,
         ));
+        let channels = Channels { rx, committed_tx };
         let outcome =
-            commit_loop(&writer, &spec, rx, &mut committed, &committed_tx, &metrics, &mut report, &cancel, &epoch)
+            commit_loop(&writer, &spec, channels, &mut committed, &mut time, &metrics, &mut report, &cancel, &epoch)
                 .await;
         epoch.cancel();
         let _ = scheduler.await;
@@ -158,15 +171,32 @@ pub async fn run_bridge(
     Ok(report)
 }
 
+/// The bridge's event-time progress: its writer id on the events topic,
+/// how often it heartbeats, the shard clocks, and which shards it reads.
+struct Time {
+    writer: String,
+    interval: Duration,
+    clocks: ShardClocks,
+    active: watch::Receiver<BTreeSet<String>>,
+}
+
+/// An epoch's batches in, committed checkpoints out.
+struct Channels {
+    rx: mpsc::Receiver<ShardBatch>,
+    committed_tx: watch::Sender<BTreeMap<String, Checkpoint>>,
+}
+
 /// Collects batches and commits them every `commit_interval` (or earlier when
-/// many are waiting) until the epoch's readers have all stopped.
+/// many are waiting), with a heartbeat when the shard clocks moved, until the
+/// epoch's readers have all stopped. With nothing to copy it still commits a
+/// heartbeat every `ingest.heartbeat_interval`, so windows close.
 #[allow(clippy::too_many_arguments)]
 async fn commit_loop(
     writer: &Arc<TxnWriter>,
     spec: &KinesisSourceSpec,
-    mut rx: mpsc::Receiver<ShardBatch>,
+    mut ch: Channels,
     committed: &mut BTreeMap<String, Checkpoint>,
-    committed_tx: &watch::Sender<BTreeMap<String, Checkpoint>>,
+    time: &mut Time,
     metrics: &BridgeMetrics,
     report: &mut BridgeReport,
     cancel: &CancellationToken,
@@ -176,30 +206,43 @@ async fn commit_loop(
     let mut pending: Vec<ShardBatch> = Vec::new();
     let mut waiting_records = 0usize;
     let mut deadline: Option<Instant> = None;
+    let mut beat = tokio::time::interval(time.interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beat_due = false;
     loop {
         let due = deadline.map(|d| Instant::now() >= d).unwrap_or(false) || waiting_records >= MAX_RECORDS_PER_TXN;
-        if due {
-            commit(writer, std::mem::take(&mut pending), committed, committed_tx, metrics, report).await?;
+        let heartbeat = time.clocks.due(&time.active.borrow());
+        if due || (beat_due && heartbeat.is_some()) {
+            let batches = std::mem::take(&mut pending);
+            commit(writer, batches, committed, &ch.committed_tx, time, heartbeat, metrics, report).await?;
             waiting_records = 0;
             deadline = None;
+            beat_due = false;
             continue;
         }
         tokio::select! {
             // SIGTERM: stop the readers; what they delivered is still committed.
             _ = cancel.cancelled(), if !epoch.is_cancelled() => epoch.cancel(),
-            batch = rx.recv() => match batch {
+            batch = ch.rx.recv() => match batch {
                 Some(b) => {
-                    waiting_records += b.records.len();
-                    pending.push(b);
-                    deadline.get_or_insert_with(|| Instant::now() + interval);
+                    if let Some(c) = b.clock {
+                        time.clocks.observe(&b.shard, c);
+                    }
+                    if !b.records.is_empty() || b.finished {
+                        waiting_records += b.records.len();
+                        pending.push(b);
+                        deadline.get_or_insert_with(|| Instant::now() + interval);
+                    }
                 }
                 None => break,
             },
+            _ = beat.tick() => beat_due = true,
             _ = sleep_until(deadline) => {}
         }
     }
     if !pending.is_empty() {
-        commit(writer, pending, committed, committed_tx, metrics, report).await?;
+        let heartbeat = time.clocks.due(&time.active.borrow());
+        commit(writer, pending, committed, &ch.committed_tx, time, heartbeat, metrics, report).await?;
     }
     Ok(())
 }
@@ -211,20 +254,30 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn commit(
     writer: &Arc<TxnWriter>,
     batches: Vec<ShardBatch>,
     committed: &mut BTreeMap<String, Checkpoint>,
     committed_tx: &watch::Sender<BTreeMap<String, Checkpoint>>,
+    time: &mut Time,
+    heartbeat: Option<i64>,
     metrics: &BridgeMetrics,
     report: &mut BridgeReport,
 ) -> Result<(), KinesisError> {
     let started = std::time::Instant::now();
-    let (w, previous) = (writer.clone(), committed.clone());
-    let done: Committed =
-        tokio::task::spawn_blocking(move || w.commit(&batches, &previous)).await.map_err(join_error)??;
+    let (w, previous, who) = (writer.clone(), committed.clone(), time.writer.clone());
+    let done: Committed = tokio::task::spawn_blocking(move || {
+        w.commit(&batches, &previous, heartbeat.map(|t| Heartbeat { writer: &who, time: t }))
+    })
+    .await
+    .map_err(join_error)??;
     metrics.commit_duration.observe(started.elapsed().as_secs_f64());
     metrics.commits.inc();
+    if let Some(t) = heartbeat {
+        time.clocks.sent(t);
+        metrics.heartbeats.inc();
+    }
     report.commits += 1;
     for (shard, n, bytes) in &done.per_shard {
         metrics.records.with_label_values(&[shard]).inc_by(*n);
@@ -253,6 +306,7 @@ async fn schedule(
     mut committed: watch::Receiver<BTreeMap<String, Checkpoint>>,
     mut tail: watch::Receiver<TailView>,
     (index, count): (u32, u32),
+    active: watch::Sender<BTreeSet<String>>,
 ) {
     let mut readers = JoinSet::new();
     let mut started: BTreeSet<String> = BTreeSet::new();
@@ -294,7 +348,9 @@ async fn schedule(
                 None => readers.spawn(polling::read_shard(ctx, shard, start)),
             };
         }
-        let reading = started.iter().filter(|s| !finished.contains(*s)).count();
+        let read: BTreeSet<String> = started.difference(&finished).cloned().collect();
+        let reading = read.len();
+        active.send_if_modified(|a| std::mem::replace(a, read) != *a);
         ctx.metrics.shards.with_label_values(&["reading"]).set(reading as i64);
         ctx.metrics.shards.with_label_values(&["waiting_for_parents"]).set(plan.waiting.len() as i64);
         ctx.metrics.shards.with_label_values(&["finished"]).set(plan.finished as i64);

@@ -37,6 +37,14 @@ pub struct Committed {
     pub dead_letters: BTreeMap<&'static str, u64>,
 }
 
+/// A heartbeat to append after a transaction's records: `writer` copies
+/// nothing that arrived in Kinesis before `time` from now on.
+#[derive(Clone, Copy, Debug)]
+pub struct Heartbeat<'a> {
+    pub writer: &'a str,
+    pub time: i64,
+}
+
 pub struct TxnWriter {
     /// The stage workers' transactional producer: one record path, flush
     /// and commit retry policy for both.
@@ -90,12 +98,14 @@ impl TxnWriter {
         self.finish()
     }
 
-    /// Writes `batches` and their checkpoints in one transaction. `previous`
+    /// Writes `batches`, their checkpoints and `heartbeat` (after the
+    /// records, on every events partition) in one transaction. `previous`
     /// supplies the sequence of a shard whose batch has no records.
     pub fn commit(
         &self,
         batches: &[ShardBatch],
         previous: &BTreeMap<String, Checkpoint>,
+        heartbeat: Option<Heartbeat<'_>>,
     ) -> Result<Committed, KinesisError> {
         self.txn.begin_transaction()?;
         let txn = format!("{}:{}", self.run, self.transactions.fetch_add(1, Ordering::SeqCst) + 1);
@@ -179,8 +189,23 @@ impl TxnWriter {
             self.send(BaseRecord::to(&self.checkpoint_topic).key(key.as_str()).payload(value.as_slice()))?;
             out.checkpoints.push(cp);
         }
+        if let Some(hb) = heartbeat {
+            self.send_heartbeat(hb)?;
+        }
         self.finish()?;
         Ok(out)
+    }
+
+    fn send_heartbeat(&self, hb: Heartbeat<'_>) -> Result<(), KinesisError> {
+        use crate::windowing::{TimeRecord, HEARTBEAT_KEY, SCHEMA_HEARTBEAT};
+        let payload = TimeRecord::Heartbeat { writer: hb.writer.to_owned(), time: hb.time }.encode();
+        for p in 0..self.topology.spec().topics.events.partitions {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: HEADER_TOPOLOGY_HASH, value: Some(self.topology.hash()) })
+                .insert(Header { key: HEADER_SCHEMA, value: Some(SCHEMA_HEARTBEAT) });
+            self.txn.send(&self.events_topic, HEARTBEAT_KEY, Some(&payload), Some(p), headers)?;
+        }
+        Ok(())
     }
 
     fn send(&self, record: BaseRecord<'_, str, [u8]>) -> Result<(), KinesisError> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::operation::register_stream_consumer::RegisterStreamConsumerError;
 use aws_sdk_kinesis::types::{ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream};
 
-use super::reader::{backoff, ReaderCtx, ShardBatch};
+use super::reader::{backoff, shard_clock, ReaderCtx, ShardBatch};
 use super::KinesisError;
 
 /// Registers the stream consumer, or finds the one registered before, and
@@ -127,6 +127,7 @@ pub async fn read_shard(
                 Ok(Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(ev)))) => {
                     attempt = 0;
                     let records = ctx.take(&shard, ev.records(), Some(ev.millis_behind_latest()));
+                    let clock = shard_clock(Some(ev.millis_behind_latest()));
                     // Children listed: the shard is closed and this event
                     // carried its last records.
                     let finished = !ev.child_shards().is_empty();
@@ -134,9 +135,8 @@ pub async fn read_shard(
                         last = Some(r.sequence.clone());
                         last_record_at = Instant::now();
                     }
-                    if (!records.is_empty() || finished)
-                        && !ctx.deliver(ShardBatch { shard: shard.clone(), records, finished }).await
-                    {
+                    // Empty events still carry the clock: time advances on idle shards.
+                    if !ctx.deliver(ShardBatch { shard: shard.clone(), records, finished, clock }).await {
                         break Ended::Stopped;
                     }
                     if finished {
@@ -150,7 +150,12 @@ pub async fn read_shard(
                         match probe(&ctx, &shard, last.as_deref()).await {
                             Probe::Finished => {
                                 if !ctx
-                                    .deliver(ShardBatch { shard: shard.clone(), records: Vec::new(), finished: true })
+                                    .deliver(ShardBatch {
+                                        shard: shard.clone(),
+                                        records: Vec::new(),
+                                        finished: true,
+                                        clock: None,
+                                    })
                                     .await
                                 {
                                     break Ended::Stopped;
@@ -172,7 +177,7 @@ pub async fn read_shard(
                 tracing::debug!(shard, reason, "resubscribing");
                 if reason == "silence" {
                     if let Probe::Finished = probe(&ctx, &shard, last.as_deref()).await {
-                        ctx.deliver(ShardBatch { shard, records: Vec::new(), finished: true }).await;
+                        ctx.deliver(ShardBatch { shard, records: Vec::new(), finished: true, clock: None }).await;
                         return Ok(());
                     }
                 }

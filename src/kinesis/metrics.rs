@@ -18,6 +18,8 @@ pub struct BridgeMetrics {
     pub shards: IntGaugeVec,
     pub commits: IntCounter,
     pub aborts: IntCounter,
+    /// Heartbeat rounds committed to every events partition.
+    pub heartbeats: IntCounter,
     pub commit_duration: Histogram,
     /// Seconds spent awaiting Kinesis calls and subscription events, by call.
     pub kinesis_wait: prometheus::CounterVec,
@@ -92,6 +94,14 @@ impl BridgeMetrics {
                 registry,
                 IntCounter::new("huntflow_kinesis_commits_total", "Bridge transactions committed.")
                     .expect("valid metric"),
+            ),
+            heartbeats: register(
+                registry,
+                IntCounter::new(
+                    "huntflow_kinesis_heartbeats_total",
+                    "Heartbeat rounds committed to every events partition (the minimum clock of the owned shards).",
+                )
+                .expect("valid metric"),
             ),
             aborts: register(
                 registry,

@@ -8,6 +8,7 @@ mod bridge;
 mod checkpoint;
 mod commit;
 mod efo;
+mod heartbeat;
 mod metrics;
 mod polling;
 mod reader;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
 use aws_sdk_kinesis::types::ShardIteratorType;
 
-use super::reader::{backoff, ReaderCtx, ShardBatch};
+use super::reader::{backoff, shard_clock, ReaderCtx, ShardBatch};
 use super::KinesisError;
 
 /// Kinesis allows 5 GetRecords per second per shard.
@@ -42,7 +42,7 @@ pub async fn read_shard(ctx: ReaderCtx, shard: String, start: Option<String>) ->
                 Ok(Some(it)) => it,
                 // No iterator: the shard is closed and fully read.
                 Ok(None) => {
-                    ctx.deliver(ShardBatch { shard, records: Vec::new(), finished: true }).await;
+                    ctx.deliver(ShardBatch { shard, records: Vec::new(), finished: true, clock: None }).await;
                     return Ok(());
                 }
                 Err(e) => {
@@ -66,12 +66,15 @@ pub async fn read_shard(ctx: ReaderCtx, shard: String, start: Option<String>) ->
             Ok(out) => {
                 attempt = 0;
                 let records = ctx.take(&shard, out.records(), out.millis_behind_latest());
+                let clock = shard_clock(out.millis_behind_latest());
                 let finished = out.next_shard_iterator().is_none();
                 let empty = records.is_empty();
                 if let Some(r) = records.last() {
                     last = Some(r.sequence.clone());
                 }
-                if (!empty || finished) && !ctx.deliver(ShardBatch { shard: shard.clone(), records, finished }).await {
+                // Empty batches still carry the clock: time advances on idle shards.
+                let news = !empty || finished || clock.is_some();
+                if news && !ctx.deliver(ShardBatch { shard: shard.clone(), records, finished, clock }).await {
                     return Ok(());
                 }
                 if finished {

@@ -19,12 +19,24 @@ pub struct ShardRecord {
 }
 
 /// Records of one shard in sequence order; `finished` when the shard is
-/// closed and nothing follows the last record.
+/// closed and nothing follows the last record. May be empty: it then only
+/// reports the shard's clock (or that it finished).
 #[derive(Debug)]
 pub struct ShardBatch {
     pub shard: String,
     pub records: Vec<ShardRecord>,
     pub finished: bool,
+    /// The shard's arrival clock after this batch (ms since the epoch):
+    /// every later record of the shard arrived in Kinesis at or after it.
+    /// The response's wall time minus Kinesis' `MillisBehindLatest`; `None`
+    /// when Kinesis did not say how far behind the reader is.
+    pub clock: Option<i64>,
+}
+
+/// A shard's arrival clock from a response that was `behind_ms` behind the
+/// tip of the stream (see [`ShardBatch::clock`]).
+pub fn shard_clock(behind_ms: Option<i64>) -> Option<i64> {
+    behind_ms.map(|b| crate::event::now_ms() - b.max(0))
 }
 
 /// Everything a shard reader needs.

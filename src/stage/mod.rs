@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 pub use engine::{HEADER_WINDOW_CLOSES_AT, REASON_PROCESSING_FAILED};
 pub use metrics::WorkerMetrics;
-pub use time::TimeConfig;
+pub use time::{is_time_outcome, TimeConfig};
 pub use worker::{run_worker, WorkerConfig, WorkerReport};
 
 use crate::state::{StateError, StateStore};

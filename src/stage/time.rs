@@ -128,6 +128,16 @@ impl Clock {
     }
 }
 
+/// Outcomes of time records (`huntflow_stage_records_total{outcome}`): they
+/// keep coming while a pipeline is idle, so "quiet" must ignore them.
+pub const OUTCOME_HEARTBEAT: &str = "heartbeat";
+pub const OUTCOME_WATERMARK: &str = "watermark";
+pub const OUTCOME_WINDOWS_CLOSED: &str = "windows_closed";
+
+pub fn is_time_outcome(outcome: &str) -> bool {
+    matches!(outcome, OUTCOME_HEARTBEAT | OUTCOME_WATERMARK | OUTCOME_WINDOWS_CLOSED)
+}
+
 /// Which time source a time record speaks for, or why it is unusable.
 fn time_source(schema: &str, payload: &[u8]) -> Result<(Source, i64), String> {
     match (schema, TimeRecord::decode(payload)) {
@@ -155,7 +165,7 @@ pub(crate) fn apply<L: StageLogic>(
     let (mut processed, observed) = match schema.filter(|s| TimeRecord::is_schema(s)) {
         Some(schema) => match time_source(schema, input.payload) {
             Ok((source, time)) => {
-                let outcome = if schema == SCHEMA_HEARTBEAT { "heartbeat" } else { "watermark" };
+                let outcome = if schema == SCHEMA_HEARTBEAT { OUTCOME_HEARTBEAT } else { OUTCOME_WATERMARK };
                 (Processed::new(outcome, Vec::new()), Some((source, time)))
             }
             Err(reason) => {
@@ -174,8 +184,8 @@ pub(crate) fn apply<L: StageLogic>(
     if let Some(after) = clock.observe(state, source, time)? {
         state.watermark = after;
         let closed = logic.on_watermark(state, after)?;
-        if processed.outcome == "watermark" && !closed.is_empty() {
-            processed.outcome = "windows_closed";
+        if processed.outcome == OUTCOME_WATERMARK && !closed.is_empty() {
+            processed.outcome = OUTCOME_WINDOWS_CLOSED;
         }
         processed.outputs.extend(closed);
         processed.outputs.extend(clock.forward(state.partition(), before, after));
