@@ -45,6 +45,9 @@ pub struct PipelineBench {
     pub query_rps: f64,
     pub query_p50_ms: f64,
     pub query_p99_ms: f64,
+    /// Mean seconds per commit step, by stage, over every pipeline run:
+    /// (stage, step) -> (commits, mean seconds).
+    pub commit_steps: std::collections::BTreeMap<(String, String), (u64, f64)>,
 }
 
 impl PipelineBench {
@@ -114,6 +117,19 @@ impl std::fmt::Display for PipelineBench {
             if first != last {
                 let scale = self.median_eps(*last) / self.median_eps(*first).max(f64::MIN_POSITIVE);
                 writeln!(f, "  scaling {last} vs {first} worker(s)/stage: x{scale:.2}")?;
+            }
+        }
+        for stage in ["claim", "score", "rank"] {
+            let steps: Vec<String> = self
+                .commit_steps
+                .iter()
+                .filter(|((s, _), _)| s == stage)
+                .map(|((_, step), (n, ms))| {
+                    format!("{step} {ms:.1}{}", if step == "total" { format!(" ({n} commits)") } else { String::new() })
+                })
+                .collect();
+            if !steps.is_empty() {
+                writeln!(f, "  {stage} commit, mean ms per step: {}", steps.join(", "))?;
             }
         }
         writeln!(
@@ -209,6 +225,7 @@ async fn measure_pipeline(
     events: u64,
     workers: u32,
     query: bool,
+    steps: &mut std::collections::BTreeMap<(String, String), (u64, f64)>,
 ) -> Result<(Throughput, Option<QueryLatency>), RunError> {
     let (cluster, events) = fed_cluster(settings, topology, events).await?;
     let state = std::env::temp_dir().join(format!("huntflow-bench-{}-{workers}", std::process::id()));
@@ -236,6 +253,12 @@ async fn measure_pipeline(
     let t = Throughput { eps: events as f64 / secs, eps_after_start: events as f64 / after.max(1e-3) };
     let latency = if query { Some(query_latency(&cluster, topology).await?) } else { None };
     pipeline.stop().await?;
+    for (key, (n, mean)) in crate::stage::commit_steps(&registry) {
+        let e = steps.entry(key).or_default();
+        let total = e.0 + n;
+        e.1 = (e.1 * e.0 as f64 + mean * n as f64) / (total as f64).max(1.0);
+        e.0 = total;
+    }
     let _ = std::fs::remove_dir_all(state);
     Ok((t, latency))
 }
@@ -284,7 +307,7 @@ pub async fn pipeline(
         let mut r = Round { passthrough, pipeline: Vec::new() };
         for (i, w) in workers.iter().enumerate() {
             let query = round + 1 == rounds.max(1) && i == 0;
-            let (t, q) = measure_pipeline(&settings, &topology, events, *w, query).await?;
+            let (t, q) = measure_pipeline(&settings, &topology, events, *w, query, &mut bench.commit_steps).await?;
             eprintln!("round {}: pipeline {w} worker(s)/stage {:.0} events/s", round + 1, t.eps);
             r.pipeline.push((*w, t));
             if let Some(q) = q {

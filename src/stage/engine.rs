@@ -356,6 +356,14 @@ impl<L: StageLogic> Engine<L> {
             state.watermark = self.clock.watermark(&state)?;
             self.logic.before_commit(&mut state)?;
         }
+        // A partition whose transaction holds only runtime or purge writes
+        // (a heartbeat-free stretch, expiry, the topology record) still
+        // ends with its position: restore applies a group only with it.
+        for (p, writes) in self.pending.iter_mut() {
+            if let (false, Some(pos)) = (writes.contains_key(POSITION_KEY), self.positions.get(p)) {
+                writes.insert(POSITION_KEY.to_vec(), Some(pos.to_be_bytes().to_vec()));
+            }
+        }
         self.step(STEP_BEFORE_COMMIT, t);
         let t = Instant::now();
         self.producer.flush(timeout)?;

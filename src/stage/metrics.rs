@@ -125,3 +125,23 @@ impl WorkerMetrics {
         }
     }
 }
+
+/// Mean duration and count of each commit step, by (stage, step), from the
+/// `huntflow_stage_commit_duration_seconds` histograms in `registry`.
+pub fn commit_steps(registry: &Registry) -> std::collections::BTreeMap<(String, String), (u64, f64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for family in registry.gather().iter().filter(|f| f.name() == "huntflow_stage_commit_duration_seconds") {
+        for m in family.get_metric() {
+            let label = |name: &str| m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_owned());
+            let key = (label("stage").unwrap_or_default(), label("step").unwrap_or_default());
+            let h = m.get_histogram();
+            let entry: &mut (u64, f64) = out.entry(key).or_default();
+            entry.0 += h.get_sample_count();
+            entry.1 += h.get_sample_sum();
+        }
+    }
+    for v in out.values_mut() {
+        v.1 /= (v.0 as f64).max(1.0);
+    }
+    out
+}

@@ -24,7 +24,7 @@ mod worker;
 use std::collections::BTreeMap;
 
 pub use engine::{HEADER_WINDOW_CLOSES_AT, REASON_PROCESSING_FAILED};
-pub use metrics::WorkerMetrics;
+pub use metrics::{commit_steps, WorkerMetrics};
 pub use time::{is_time_outcome, TimeConfig};
 pub use worker::{run_worker, WorkerConfig, WorkerReport};
 
