@@ -48,6 +48,9 @@ pub struct PipelineBench {
     /// Mean seconds per commit step, by stage, over every pipeline run:
     /// (stage, step) -> (commits, mean seconds).
     pub commit_steps: std::collections::BTreeMap<(String, String), (u64, f64)>,
+    /// Offsets written per topic by the last pipeline run (records plus
+    /// transaction markers): what the broker had to take per input event.
+    pub topic_offsets: Vec<(String, i64)>,
 }
 
 impl PipelineBench {
@@ -131,6 +134,14 @@ impl std::fmt::Display for PipelineBench {
             if !steps.is_empty() {
                 writeln!(f, "  {stage} commit, mean ms per step: {}", steps.join(", "))?;
             }
+        }
+        if !self.topic_offsets.is_empty() {
+            let per_event = |n: i64| n as f64 / (self.events.max(1) as f64);
+            let total: i64 = self.topic_offsets.iter().map(|(_, n)| n).sum();
+            let each: Vec<String> =
+                self.topic_offsets.iter().map(|(t, n)| format!("{t} {n} ({:.2}/event)", per_event(*n))).collect();
+            writeln!(f, "  offsets written by the last pipeline run: {}", each.join(", "))?;
+            writeln!(f, "  all topics: {total} offsets, {:.2} per input event", per_event(total))?;
         }
         writeln!(
             f,
@@ -225,7 +236,7 @@ async fn measure_pipeline(
     events: u64,
     workers: u32,
     query: bool,
-    steps: &mut std::collections::BTreeMap<(String, String), (u64, f64)>,
+    bench: &mut PipelineBench,
 ) -> Result<(Throughput, Option<QueryLatency>), RunError> {
     let (cluster, events) = fed_cluster(settings, topology, events).await?;
     let state = std::env::temp_dir().join(format!("huntflow-bench-{}-{workers}", std::process::id()));
@@ -253,8 +264,13 @@ async fn measure_pipeline(
     let t = Throughput { eps: events as f64 / secs, eps_after_start: events as f64 / after.max(1e-3) };
     let latency = if query { Some(query_latency(&cluster, topology).await?) } else { None };
     pipeline.stop().await?;
+    let names = &topology.spec().topics;
+    let mut topics = vec![names.events.name.clone(), names.accepted.name.clone(), names.candidates.name.clone()];
+    topics.extend([names.leaderboards.name.clone(), names.prizes.name.clone(), names.dead_letter.name.clone()]);
+    topics.extend(["claim", "score", "rank"].map(|s| format!("{}{s}", names.changelog_prefix)));
+    bench.topic_offsets = cluster.record_counts(topics, Duration::from_secs(10)).await?;
     for (key, (n, mean)) in crate::stage::commit_steps(&registry) {
-        let e = steps.entry(key).or_default();
+        let e = bench.commit_steps.entry(key).or_default();
         let total = e.0 + n;
         e.1 = (e.1 * e.0 as f64 + mean * n as f64) / (total as f64).max(1.0);
         e.0 = total;
@@ -307,7 +323,7 @@ pub async fn pipeline(
         let mut r = Round { passthrough, pipeline: Vec::new() };
         for (i, w) in workers.iter().enumerate() {
             let query = round + 1 == rounds.max(1) && i == 0;
-            let (t, q) = measure_pipeline(&settings, &topology, events, *w, query, &mut bench.commit_steps).await?;
+            let (t, q) = measure_pipeline(&settings, &topology, events, *w, query, &mut bench).await?;
             eprintln!("round {}: pipeline {w} worker(s)/stage {:.0} events/s", round + 1, t.eps);
             r.pipeline.push((*w, t));
             if let Some(q) = q {
