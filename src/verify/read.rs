@@ -19,6 +19,24 @@ pub struct Record {
 }
 
 impl Record {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().unwrap_or_default().to_vec(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
@@ -54,63 +72,44 @@ pub fn read_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Resu
     }
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
-    let mut idle_since = Instant::now();
+    let (mut idle_since, mut checked) = (Instant::now(), Instant::now());
     while remaining > 0 {
         if Instant::now() > deadline {
             return Err(VerifyError::Timeout(topic.into()));
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let p = m.partition();
-                out.push(Record {
-                    partition: p,
-                    offset: m.offset(),
-                    key: m.key().unwrap_or_default().to_vec(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers,
-                });
+                out.push(Record::of(&m));
                 idle_since = Instant::now();
             }
             Some(Err(e)) => return Err(e.into()),
-            // Idle for a while: done with the partitions whose position
-            // reached the end seen at the start (the tail may be a
-            // transaction marker, never delivered but counted in the end).
-            // Waiting for idleness, not just the end offset, because some
-            // brokers (Tansu) report wrong high watermarks.
-            None if idle_since.elapsed() >= Duration::from_secs(1) => {
-                // Nothing new for 3 s: what read_committed can see is read
-                // (a partition's end may sit behind a transaction marker or
-                // an open transaction of a departed producer).
-                if idle_since.elapsed() >= Duration::from_secs(3) {
-                    break;
-                }
-                let done: Vec<i32> = {
-                    let positions = consumer.position()?;
-                    ends.iter()
-                        .filter(|(p, end)| {
-                            positions
-                                .find_partition(topic, **p)
-                                .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= **end))
-                        })
-                        .map(|(p, _)| *p)
-                        .collect()
-                };
-                for p in done {
-                    ends.remove(&p);
-                    remaining -= 1;
-                }
-            }
+            // Nothing new for 3 s: what read_committed can see is read (a
+            // partition's end may sit behind a transaction marker or an open
+            // transaction of a departed producer; some brokers, Tansu,
+            // report wrong high watermarks).
+            None if idle_since.elapsed() >= Duration::from_secs(3) => break,
             None => {}
+        }
+        // Done with the partitions whose position reached the end seen at
+        // the start (the tail may be a transaction marker, never delivered
+        // but counted in the end). Checked while records still arrive:
+        // live writers (heartbeats) keep a topic from ever going idle.
+        if checked.elapsed() >= Duration::from_millis(250) {
+            checked = Instant::now();
+            let positions = consumer.position()?;
+            let done: Vec<i32> = ends
+                .iter()
+                .filter(|(p, end)| {
+                    positions
+                        .find_partition(topic, **p)
+                        .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= **end))
+                })
+                .map(|(p, _)| *p)
+                .collect();
+            for p in done {
+                ends.remove(&p);
+                remaining -= 1;
+            }
         }
     }
     out.sort_by_key(|r| (r.partition, r.offset));
