@@ -62,15 +62,17 @@ pub enum LogFormat {
     Json,
 }
 
-/// Starts a tracing subscriber honouring `RUST_LOG` (default `info`). Colour
-/// codes only go to a terminal: piped or collected logs stay plain text.
+/// Starts a tracing subscriber honouring `RUST_LOG` (default `info`), writing
+/// to stderr so that stdout carries only reports (bench numbers, `run`'s
+/// summary, `broker`'s address). Colour codes only go to a terminal: piped
+/// or collected logs stay plain text.
 pub fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
     };
 }
