@@ -127,8 +127,9 @@ impl std::fmt::Display for PipelineBench {
                 .commit_steps
                 .iter()
                 .filter(|((s, _), _)| s == stage)
-                .map(|((_, step), (n, ms))| {
-                    format!("{step} {ms:.1}{}", if step == "total" { format!(" ({n} commits)") } else { String::new() })
+                .map(|((_, step), (n, secs))| {
+                    let commits = if step == "total" { format!(" ({n} commits)") } else { String::new() };
+                    format!("{step} {:.1}{commits}", secs * 1000.0)
                 })
                 .collect();
             if !steps.is_empty() {
