@@ -8,8 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{read_topic, test_topology, Harness};
-use huntflow::event::{now_ms, EventKind, GameEvent};
-use huntflow::ingest::IngestResponse;
+use huntflow::event::{now_ms, GameEvent};
 use huntflow::pipeline::Pipeline;
 use huntflow::run::drain_and_verify;
 use huntflow::stage::WorkerMetrics;
@@ -18,30 +17,7 @@ use prometheus::Registry;
 use rdkafka::Message;
 
 fn event(shard: &str, id: &str, player: &str, points: u64, time: i64) -> GameEvent {
-    GameEvent {
-        v: 1,
-        event_id: id.into(),
-        hunt_id: "winter-2026".into(),
-        shard_id: shard.into(),
-        region: "eu".into(),
-        player_id: player.into(),
-        tier: "gold".into(),
-        kind: EventKind::ClueSolved,
-        chest_key: None,
-        points,
-        event_time: time,
-    }
-}
-
-async fn post(h: &Harness, shard: &str, events: &[GameEvent]) -> IngestResponse {
-    let r = reqwest::Client::new()
-        .post(h.events_url(shard))
-        .bearer_auth(h.token(shard))
-        .body(serde_json::to_vec(events).unwrap())
-        .send()
-        .await
-        .unwrap();
-    r.json().await.unwrap()
+    common::game_event(shard, id, player, "gold", None, points, time)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -63,8 +39,8 @@ async fn shared_and_conflicting_event_ids_and_leaderboard_tombstones_pass_verify
     let (t, id) = (now_ms(), format!("ev-{}", common::random_suffix()));
     let first = event("shard-0", &id, "p1", 10, t);
     let changed = event("shard-0", &id, "p1", 99, t);
-    assert_eq!(post(&h, "shard-0", &[first.clone(), first, changed]).await.accepted, 3);
-    assert_eq!(post(&h, "shard-1", &[event("shard-1", &id, "p2", 20, t)]).await.accepted, 1);
+    assert_eq!(h.post("shard-0", &[first.clone(), first, changed]).await.accepted, 3);
+    assert_eq!(h.post("shard-1", &[event("shard-1", &id, "p2", 20, t)]).await.accepted, 1);
 
     // The window closes on heartbeats, then its key is tombstoned 2 s later.
     let key = format!("winter-2026/gold/{}", t.div_euclid(5_000) * 5_000);

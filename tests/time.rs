@@ -9,8 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{read_topic, test_topology, Harness};
-use huntflow::event::{now_ms, EventKind, GameEvent};
-use huntflow::ingest::IngestResponse;
+use huntflow::event::{now_ms, GameEvent};
 use huntflow::pipeline::Pipeline;
 use huntflow::run::drain_and_verify;
 use huntflow::stage::WorkerMetrics;
@@ -32,32 +31,7 @@ fn fast_windows() -> Topology {
 }
 
 fn event(shard: &str, id: &str, player: &str, tier: &str, chest: Option<&str>, time: i64) -> GameEvent {
-    GameEvent {
-        v: 1,
-        event_id: id.into(),
-        hunt_id: "winter-2026".into(),
-        shard_id: shard.into(),
-        region: "eu".into(),
-        player_id: player.into(),
-        tier: tier.into(),
-        kind: if chest.is_some() { EventKind::ChestOpened } else { EventKind::ClueSolved },
-        chest_key: chest.map(Into::into),
-        points: 10,
-        event_time: time,
-    }
-}
-
-async fn post(h: &Harness, shard: &str, events: &[GameEvent]) -> IngestResponse {
-    let body = serde_json::to_vec(events).unwrap();
-    let r = reqwest::Client::new()
-        .post(h.events_url(shard))
-        .bearer_auth(h.token(shard))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    r.json().await.unwrap()
+    common::game_event(shard, id, player, tier, chest, 10, time)
 }
 
 struct Running {
@@ -129,7 +103,7 @@ async fn windows_close_on_heartbeats_after_traffic_on_few_partitions_stops() {
         event("shard-0", "b", "p2", "gold", Some("chest-1"), t),
         event("shard-0", "c", "p3", "silver", None, t),
     ];
-    assert_eq!(post(&r.h, "shard-0", &events).await.accepted, 3);
+    assert_eq!(r.h.post("shard-0", &events).await.accepted, 3);
     let window = t.div_euclid(5_000) * 5_000;
     let batches = prizes_until(&r.h, Duration::from_secs(60), |got| got.len() >= 2).await;
     let mut ids: Vec<String> = batches.iter().map(|b| b["batch_id"].as_str().unwrap().to_owned()).collect();
@@ -143,12 +117,12 @@ async fn an_event_a_year_ahead_is_dead_lettered_and_closes_no_window_early() {
     let r = start(fast_windows()).await;
     let t = now_ms();
     let year = 365 * 24 * 3600 * 1000;
-    let response = post(&r.h, "shard-1", &[event("shard-1", "future", "p9", "gold", None, t + year)]).await;
+    let response = r.h.post("shard-1", &[event("shard-1", "future", "p9", "gold", None, t + year)]).await;
     assert_eq!((response.accepted, response.rejected), (0, 1));
     assert_eq!(response.results[0].reason_code.as_deref(), Some("event_time_in_future"));
     assert!(response.results[0].reason.as_deref().unwrap().contains("shard-1"), "{response:?}");
     // An on-time event after it still counts: nothing closed its window.
-    assert_eq!(post(&r.h, "shard-1", &[event("shard-1", "now", "p1", "gold", None, now_ms())]).await.accepted, 1);
+    assert_eq!(r.h.post("shard-1", &[event("shard-1", "now", "p1", "gold", None, now_ms())]).await.accepted, 1);
     let batches = prizes_until(&r.h, Duration::from_secs(60), |got| !got.is_empty()).await;
     assert_eq!(batches.len(), 1);
     assert_eq!(batches[0]["awards"][0]["player_id"], "p1");
@@ -175,7 +149,7 @@ async fn a_window_of_twenty_thousand_chests_pays_out_in_parts_losing_none() {
         .map(|i| event("shard-0", &format!("e{i}"), &format!("p{}", i % 500), "gold", Some(&format!("c{i}")), window))
         .collect();
     for chunk in events.chunks(5_000) {
-        assert_eq!(post(&r.h, "shard-0", chunk).await.accepted, chunk.len());
+        assert_eq!(r.h.post("shard-0", chunk).await.accepted, chunk.len());
     }
     let parts = prizes_until(&r.h, Duration::from_secs(120), |got| {
         got.first().and_then(|b| b["parts"].as_u64()).is_some_and(|n| got.len() as u64 >= n)

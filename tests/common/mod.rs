@@ -67,6 +67,19 @@ impl Harness {
         self.tokens.iter().find(|(s, _)| s == shard).map(|(_, t)| t.clone()).expect("token")
     }
 
+    /// Posts `events` as `shard` (a JSON array) and returns ingest's answer.
+    pub async fn post(&self, shard: &str, events: &[huntflow::event::GameEvent]) -> huntflow::ingest::IngestResponse {
+        let r = reqwest::Client::new()
+            .post(self.events_url(shard))
+            .bearer_auth(self.token(shard))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(events).expect("events encode"))
+            .send()
+            .await
+            .expect("ingest answers");
+        r.json().await.expect("ingest's JSON answer")
+    }
+
     pub fn events_url(&self, shard: &str) -> String {
         format!("{}/v1/shards/{shard}/events", self.base_url)
     }
@@ -137,4 +150,30 @@ pub async fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: 
 
 pub fn payload_str(m: &OwnedMessage) -> String {
     String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()
+}
+
+/// A `winter-2026` event: a chest opening when `chest` is given, else a clue.
+pub fn game_event(
+    shard: &str,
+    id: &str,
+    player: &str,
+    tier: &str,
+    chest: Option<&str>,
+    points: u64,
+    time: i64,
+) -> huntflow::event::GameEvent {
+    use huntflow::event::{EventKind, GameEvent};
+    GameEvent {
+        v: 1,
+        event_id: id.into(),
+        hunt_id: "winter-2026".into(),
+        shard_id: shard.into(),
+        region: "eu".into(),
+        player_id: player.into(),
+        tier: tier.into(),
+        kind: if chest.is_some() { EventKind::ChestOpened } else { EventKind::ClueSolved },
+        chest_key: chest.map(Into::into),
+        points,
+        event_time: time,
+    }
 }
