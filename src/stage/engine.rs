@@ -59,6 +59,9 @@ pub(crate) struct Engine<L: StageLogic> {
     /// Tags changelog records with their transaction (`<run>:<seq>`).
     pub run: String,
     pub txn_seq: u64,
+    /// `huntflow_stage_records_total{stage, outcome}` children, looked up
+    /// once per outcome instead of hashing the labels for every record.
+    pub outcomes: Vec<(&'static str, prometheus::IntCounter)>,
 }
 
 use crate::event::now_ms;
@@ -192,7 +195,7 @@ impl<L: StageLogic> Engine<L> {
         self.positions.insert(p, offset + 1);
         if replay {
             self.report.skipped += 1;
-            self.metrics.records.with_label_values(&[stage, "replay_skipped"]).inc();
+            self.count("replay_skipped");
             return Ok(());
         }
         let input = Input {
@@ -210,11 +213,22 @@ impl<L: StageLogic> Engine<L> {
             None => time::apply(&mut self.logic, &mut self.clock, &mut state, &input, schema.as_deref())?,
         };
         self.report.processed += 1;
-        self.metrics.records.with_label_values(&[stage, processed.outcome]).inc();
+        self.count(processed.outcome);
         for (i, out) in processed.outputs.iter().enumerate() {
             self.emit(Lineage { partition: p, offset, index: i as u32 }, out)?;
         }
         Ok(())
+    }
+
+    fn count(&mut self, outcome: &'static str) {
+        match self.outcomes.iter().find(|(o, _)| *o == outcome) {
+            Some((_, c)) => c.inc(),
+            None => {
+                let c = self.metrics.records.with_label_values(&[self.logic.name(), outcome]);
+                c.inc();
+                self.outcomes.push((outcome, c));
+            }
+        }
     }
 
     fn emit(&self, lineage: Lineage, out: &Output) -> Result<(), StageError> {

@@ -142,6 +142,7 @@ fn engine<L: StageLogic>(cfg: &WorkerConfig, logic: L, metrics: WorkerMetrics) -
         last_read_ms: HashMap::new(),
         run: format!("{:016x}", rand::random::<u64>()),
         txn_seq: 0,
+        outcomes: Vec::new(),
     })
 }
 
@@ -194,17 +195,19 @@ fn worker_thread<L: StageLogic>(
             Some(Err(err)) => tracing::debug!(error = %err, "consumer error"),
             None => {}
         }
-        if last_tick.elapsed() >= tick_every {
-            last_tick = Instant::now();
+        // One clock read per record: clock_gettime showed in profiles.
+        let now = Instant::now();
+        if now.duration_since(last_tick) >= tick_every {
+            last_tick = now;
             if let Err(err) = e.tick(last_tick) {
                 e.on_error(&consumer, err, None)?;
             }
         }
-        if last_lag.elapsed() >= LAG_EVERY {
-            last_lag = Instant::now();
+        if now.duration_since(last_lag) >= LAG_EVERY {
+            last_lag = now;
             e.observe_lag(&consumer);
         }
-        if e.txn_open && e.txn_started.elapsed() >= cfg.commit_interval {
+        if e.txn_open && now.duration_since(e.txn_started) >= cfg.commit_interval {
             e.commit(&consumer)?;
         }
     }
