@@ -66,16 +66,22 @@ pub fn restore_partitions(
     }
     consumer.assign(&tpl)?;
     let mut groups: HashMap<i32, TxnGroups> = HashMap::new();
-    let deadline = Instant::now() + cfg.transaction_timeout + Duration::from_secs(5);
+    // The bound is on a stall, not on the restore: a large changelog takes
+    // as long as it takes, but an open transaction of a previous owner that
+    // holds the last stable offset back ends within the transaction timeout.
+    let stall = cfg.transaction_timeout + Duration::from_secs(5);
+    let mut deadline = Instant::now() + stall;
     while !todo.is_empty() {
         if Instant::now() > deadline {
             let (p, high) = todo.iter().next().map(|(p, h)| (*p, *h)).unwrap_or_default();
             return Err(StageError::Stop(format!(
-                "restoring {topic} partition {p} did not reach its end ({high}) within the transaction timeout"
+                "restoring {topic} partition {p} did not reach its end ({high}): nothing new within the \
+                 transaction timeout"
             )));
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                deadline = Instant::now() + stall;
                 let p = m.partition();
                 let g = groups.entry(p).or_default();
                 g.push(&m);
