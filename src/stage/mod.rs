@@ -243,7 +243,18 @@ impl PartitionState<'_> {
         prefix: &[u8],
         keep: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
-        Ok(self.store.scan(self.partition, prefix, keep)?.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+        self.scan_committed_from(prefix, prefix, keep)
+    }
+
+    /// [`Self::scan_committed`] from key `from` on (see `StateStore::scan_from`).
+    pub fn scan_committed_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        keep: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let found = self.store.scan_from(self.partition, prefix, from, keep)?;
+        Ok(found.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
     }
 
     /// Every key under `prefix` as this transaction sees it (committed keys

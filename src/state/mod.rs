@@ -96,11 +96,25 @@ impl StateStore {
         &self,
         partition: i32,
         prefix: &[u8],
+        keep: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Vec<Write>, StateError> {
+        self.scan_from(partition, prefix, prefix, keep)
+    }
+
+    /// [`Self::scan`] starting at key `from` (at or after `prefix`): lets a
+    /// caller skip a range it deleted, whose tombstones every scan from the
+    /// prefix would otherwise step over until compaction.
+    pub fn scan_from(
+        &self,
+        partition: i32,
+        prefix: &[u8],
+        from: &[u8],
         mut keep: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<Vec<Write>, StateError> {
         let start = prefixed(partition, prefix);
+        let seek = prefixed(partition, from.max(prefix));
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_STATE)?, IteratorMode::From(&start, Direction::Forward)) {
+        for item in self.db.iterator_cf(self.cf(CF_STATE)?, IteratorMode::From(&seek, Direction::Forward)) {
             let (k, v) = item?;
             if !k.starts_with(&start) {
                 break;
