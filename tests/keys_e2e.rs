@@ -7,13 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{read_topic, test_topology, Harness};
+use common::{read_topic, test_topology, Running};
 use huntflow::event::{now_ms, GameEvent};
-use huntflow::pipeline::Pipeline;
-use huntflow::run::drain_and_verify;
-use huntflow::stage::WorkerMetrics;
 use huntflow::topology::HumanDuration;
-use prometheus::Registry;
 use rdkafka::Message;
 
 fn event(shard: &str, id: &str, player: &str, points: u64, time: i64) -> GameEvent {
@@ -29,12 +25,8 @@ async fn shared_and_conflicting_event_ids_and_leaderboard_tombstones_pass_verify
         spec.ingest.heartbeat_interval = HumanDuration::from_millis(200);
         spec.ingest.heartbeat_writer_timeout = HumanDuration::from_millis(2_000);
     });
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().to_path_buf();
-    let h = Harness::start(topology, 2, |s| s.state_dir = state).await;
-    let mut settings = huntflow::config::Settings::default();
-    settings.state_dir = dir.path().to_path_buf();
-    let pipeline = Pipeline::start(&settings, &h.cluster, &h.topology, 1, WorkerMetrics::new(&Registry::new()));
+    let r = Running::start(topology).await;
+    let h = &r.h;
 
     let (t, id) = (now_ms(), format!("ev-{}", common::random_suffix()));
     let first = event("shard-0", &id, "p1", 10, t);
@@ -56,10 +48,7 @@ async fn shared_and_conflicting_event_ids_and_leaderboard_tombstones_pass_verify
     };
     assert!(tombstoned, "a null-value record for {key}");
 
-    let (cluster, topology) = (h.cluster.clone(), h.topology.clone());
-    h.shutdown().await;
-    let report = drain_and_verify(&cluster, &topology, Duration::from_secs(120)).await.unwrap();
-    pipeline.stop().await.unwrap();
+    let report = r.stop_and_verify().await;
     assert!(report.passed(), "{report}");
     assert_eq!(report.accepted_logical, 2, "one event of each shard: {report}");
     assert_eq!(report.dead_letters.get("claim/conflicting_duplicate"), Some(&1), "{report}");

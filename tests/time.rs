@@ -8,13 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{read_topic, test_topology, Harness};
+use common::{read_topic, test_topology, Harness, Running};
 use huntflow::event::{now_ms, GameEvent};
-use huntflow::pipeline::Pipeline;
-use huntflow::run::drain_and_verify;
-use huntflow::stage::WorkerMetrics;
 use huntflow::topology::Topology;
-use prometheus::Registry;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
 
@@ -32,22 +28,6 @@ fn fast_windows() -> Topology {
 
 fn event(shard: &str, id: &str, player: &str, tier: &str, chest: Option<&str>, time: i64) -> GameEvent {
     common::game_event(shard, id, player, tier, chest, 10, time)
-}
-
-struct Running {
-    h: Harness,
-    pipeline: Pipeline,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(topology: Topology) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().to_path_buf();
-    let h = Harness::start(topology, 2, |s| s.state_dir = state).await;
-    let mut settings = huntflow::config::Settings::default();
-    settings.state_dir = dir.path().to_path_buf();
-    let pipeline = Pipeline::start(&settings, &h.cluster, &h.topology, 1, WorkerMetrics::new(&Registry::new()));
-    Running { h, pipeline, _dir: dir }
 }
 
 fn json(m: &OwnedMessage) -> serde_json::Value {
@@ -85,17 +65,13 @@ async fn prizes_until(
 
 /// Stops the writers (their heartbeats), drains, and checks everything.
 async fn stop_and_verify(r: Running) {
-    let Running { h, pipeline, _dir } = r;
-    let (cluster, topology) = (h.cluster.clone(), h.topology.clone());
-    h.shutdown().await;
-    let report = drain_and_verify(&cluster, &topology, Duration::from_secs(120)).await.unwrap();
-    pipeline.stop().await.unwrap();
+    let report = r.stop_and_verify().await;
     assert!(report.passed(), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn windows_close_on_heartbeats_after_traffic_on_few_partitions_stops() {
-    let r = start(fast_windows()).await;
+    let r = Running::start(fast_windows()).await;
     let t = now_ms();
     // Three events: three of 32 events partitions carry traffic, then none.
     let events = vec![
@@ -114,7 +90,7 @@ async fn windows_close_on_heartbeats_after_traffic_on_few_partitions_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_event_a_year_ahead_is_dead_lettered_and_closes_no_window_early() {
-    let r = start(fast_windows()).await;
+    let r = Running::start(fast_windows()).await;
     let t = now_ms();
     let year = 365 * 24 * 3600 * 1000;
     let response = r.h.post("shard-1", &[event("shard-1", "future", "p9", "gold", None, t + year)]).await;
@@ -141,7 +117,7 @@ async fn a_window_of_twenty_thousand_chests_pays_out_in_parts_losing_none() {
         spec.windows.prize.grace = huntflow::topology::HumanDuration::from_millis(1_000);
         spec.ingest.heartbeat_interval = huntflow::topology::HumanDuration::from_millis(200);
     });
-    let r = start(topology).await;
+    let r = Running::start(topology).await;
     // All in the window that holds `now`, with time to post before it closes.
     let t = now_ms();
     let window = if t.rem_euclid(30_000) > 20_000 { t.div_euclid(30_000) * 30_000 + 30_000 } else { t };

@@ -177,3 +177,34 @@ pub fn game_event(
         event_time: time,
     }
 }
+
+/// Ingest (a [`Harness`]) plus one worker per stage on a fresh state directory.
+pub struct Running {
+    pub h: Harness,
+    pub pipeline: huntflow::pipeline::Pipeline,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    pub async fn start(topology: Topology) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().to_path_buf();
+        let h = Harness::start(topology, 2, |s| s.state_dir = state).await;
+        let mut settings = Settings::default();
+        settings.state_dir = dir.path().to_path_buf();
+        let metrics = huntflow::stage::WorkerMetrics::new(&prometheus::Registry::new());
+        let pipeline = huntflow::pipeline::Pipeline::start(&settings, &h.cluster, &h.topology, 1, metrics);
+        Running { h, pipeline, _dir: dir }
+    }
+
+    /// Stops the writers (their heartbeats), drains, stops the workers and
+    /// returns what `verify` found.
+    pub async fn stop_and_verify(self) -> huntflow::verify::VerifyReport {
+        let Running { h, pipeline, _dir } = self;
+        let (cluster, topology) = (h.cluster.clone(), h.topology.clone());
+        h.shutdown().await;
+        let report = huntflow::run::drain_and_verify(&cluster, &topology, Duration::from_secs(120)).await.unwrap();
+        pipeline.stop().await.expect("workers stop cleanly");
+        report
+    }
+}
