@@ -16,6 +16,12 @@ use tokio_util::sync::CancellationToken;
 use super::{KafkaError, TopicPlan};
 use crate::topology::Topology;
 
+/// `group.initial.rebalance.delay.ms` of the embedded broker. Kafka's
+/// default (3 s, also the mock's) held every fresh worker idle for 3 s
+/// before its first assignment; workers started together (`run`, the
+/// benchmarks, the tests) still join one generation within this.
+pub const INITIAL_REBALANCE_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+
 pub struct EmbeddedBroker {
     // Owns the mock cluster: it lives exactly as long as this handle.
     handle: ThreadedProducer<DefaultProducerContext>,
@@ -36,6 +42,15 @@ impl EmbeddedBroker {
             .ok_or_else(|| KafkaError::Embedded("librdkafka did not start a mock cluster".into()))?;
         let bootstrap = mock.bootstrap_servers();
         drop(mock);
+        // SAFETY: the pointer comes from the live handle we own; the call
+        // only sets a value under the cluster lock.
+        unsafe {
+            let cluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(handle.client().native_ptr());
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(
+                cluster,
+                INITIAL_REBALANCE_DELAY.as_millis() as i32,
+            );
+        }
         let mut broker = Self { handle, bootstrap, forwarders: CancellationToken::new() };
         if let Some(base) = base_port {
             broker.listen_on_fixed_ports(base)?;

@@ -192,6 +192,25 @@ pub fn init_transactions<C: rdkafka::producer::ProducerContext>(
     }
 }
 
+/// How long a producer waiting for acknowledgements sleeps when no
+/// delivery report is ready.
+const ACK_WAIT: Duration = Duration::from_micros(200);
+
+/// Serves the delivery reports that are ready without blocking; when none
+/// is, sleeps [`ACK_WAIT`]. `BaseProducer::poll(d)` must not be used to
+/// wait: it loops until its deadline and hands librdkafka the remaining
+/// time truncated to whole milliseconds, so below 1 ms it busy-polls
+/// (`poll(1ms)` is a 1 ms spin). On a 2-core box that spin took the CPU
+/// the broker threads needed to acknowledge the very records it waited for.
+pub fn serve_acks<C: rdkafka::producer::ProducerContext>(producer: &rdkafka::producer::BaseProducer<C>) {
+    use rdkafka::producer::Producer;
+    let before = producer.in_flight_count();
+    producer.poll(Duration::ZERO);
+    if producer.in_flight_count() >= before {
+        std::thread::sleep(ACK_WAIT);
+    }
+}
+
 /// Waits until every queued record of `producer` is acknowledged, serving
 /// delivery reports as they arrive. rdkafka's own `flush` polls in slices of
 /// 100 ms that always run to their end (`BaseProducer::poll` loops until its
@@ -203,13 +222,12 @@ pub fn flush<C: rdkafka::producer::ProducerContext>(
     use rdkafka::producer::Producer;
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        producer.poll(Duration::ZERO);
         if producer.in_flight_count() == 0 {
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {
             return Err(rdkafka::error::KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::MessageTimedOut));
         }
-        producer.poll(Duration::from_millis(1));
+        serve_acks(producer);
     }
 }

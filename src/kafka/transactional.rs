@@ -139,7 +139,7 @@ impl TxnProducer {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.inner.poll(Duration::from_millis(1));
+                    super::serve_acks(&self.inner);
                 }
                 Err((e, _)) => return Err(e),
             }
