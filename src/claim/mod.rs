@@ -24,7 +24,10 @@
 //! bytes, and a length prefix cannot be forged by an id's content):
 //! - `d/<scoped id>` -> event time (i64 BE) ++ content digest (8 bytes):
 //!   seen events, for dedup;
-//! - `e/<event time BE><scoped id>` -> empty: expiry index of `d/`;
+//! - `e/<event time BE><scoped id>` -> empty: expiry index of `d/`, local
+//!   only: not in the changelog, rebuilt from `d/` on restore (a `d/`
+//!   tombstone leaves a stale entry, which the expiry scan drops since its
+//!   time is past the cutoff);
 //! - `c/<scoped chest>` -> winning event id: chest claims, kept for the hunt;
 //! - `\0maxt` -> highest event time seen: the stage's event-time clock.
 //!
@@ -193,6 +196,16 @@ impl StageLogic for ClaimStage {
             headers: vec![(HEADER_SCHEMA, "game-event/v1".into())],
         };
         Ok(Processed::new("accepted", vec![out]))
+    }
+
+    fn is_local_index(&self, key: &[u8]) -> bool {
+        key.starts_with(b"e/")
+    }
+
+    fn index_for(&self, key: &[u8], value: Option<&[u8]>) -> Option<(Vec<u8>, Vec<u8>)> {
+        let id = key.strip_prefix(b"d/")?;
+        let time = value.and_then(i64_of)?;
+        Some(([b"e/".as_slice(), &time.to_be_bytes(), id].concat(), Vec::new()))
     }
 
     fn before_commit(&mut self, state: &mut PartitionState<'_>) -> Result<(), StageError> {

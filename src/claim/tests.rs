@@ -39,6 +39,17 @@ fn event(shard: &str, id: &str, hunt: &str, chest: Option<&str>, points: u64, ti
 
 /// Feeds every event to partition 0; returns (outcome, reason code) each.
 fn run_stage(topology: &Topology, events: &[GameEvent], commit_every: usize) -> Vec<(String, Option<String>)> {
+    run_stage_restoring(topology, events, commit_every, false)
+}
+
+/// As `run_stage`; with `restore`, every commit is followed by a move to a
+/// fresh store restored from the changelog.
+fn run_stage_restoring(
+    topology: &Topology,
+    events: &[GameEvent],
+    commit_every: usize,
+    restore: bool,
+) -> Vec<(String, Option<String>)> {
     let mut h = LogicHarness::new(ClaimStage::new(topology), time_config(StageKind::Claim, topology));
     let mut out = Vec::new();
     for (i, e) in events.iter().enumerate() {
@@ -49,6 +60,9 @@ fn run_stage(topology: &Topology, events: &[GameEvent], commit_every: usize) -> 
         out.push((p.outcome.to_owned(), code));
         if commit_every > 0 && (i + 1) % commit_every == 0 {
             h.commit();
+            if restore {
+                h.restore_to_fresh_store();
+            }
         }
     }
     out
@@ -126,6 +140,26 @@ fn after_the_ttl_an_event_id_counts_again_whatever_its_content() {
     assert_eq!(run_reference(&t, &[first, filler, later]).accepted.len(), 3);
 }
 
+#[test]
+fn a_store_restored_from_the_changelog_rebuilds_the_expiry_index_and_still_expires() {
+    let t = two_hunts(100);
+    let mut h = LogicHarness::new(ClaimStage::new(&t), time_config(StageKind::Claim, &t));
+    let events: Vec<GameEvent> =
+        (0..20).map(|i| event("shard-0", &format!("e-{i}"), "winter-2026", None, 1, 1_000 + i)).collect();
+    for e in &events {
+        assert_eq!(h.feed(0, e.claim_key().as_bytes(), &e.encode()).outcome, "accepted");
+    }
+    h.commit();
+    h.restore_to_fresh_store();
+    assert_eq!(h.committed(0, b"d/"), 20, "dedup entries come back from the changelog");
+    assert_eq!(h.committed(0, b"e/"), 20, "the expiry index is rebuilt, not restored");
+    assert_eq!(h.feed(0, events[3].claim_key().as_bytes(), &events[3].encode()).outcome, "duplicate");
+    let much_later = event("shard-0", "late-1", "winter-2026", None, 1, 5_000);
+    assert_eq!(h.feed(0, much_later.claim_key().as_bytes(), &much_later.encode()).outcome, "accepted");
+    h.commit();
+    assert_eq!((h.committed(0, b"d/"), h.committed(0, b"e/")), (1, 1), "expired entries are purged");
+}
+
 fn arb_event() -> impl Strategy<Value = GameEvent> {
     (0..2usize, 0..5usize, 0..2usize, prop::option::of(0..3usize), 0..3u64, 0..400i64).prop_map(
         |(shard, id, hunt, chest, points, time)| {
@@ -141,15 +175,18 @@ proptest! {
 
     /// Same accepted events, in order, and the same counts of retries,
     /// conflicting copies and lost chest claims, whatever the interleaving
-    /// of shards, hunts, reused ids, changed copies, expiry and commits.
+    /// of shards, hunts, reused ids, changed copies, expiry and commits, and
+    /// also when every commit moves the partition to a store restored from
+    /// the changelog.
     #[test]
     fn the_stage_decides_as_the_reference_model(
         events in prop::collection::vec(arb_event(), 1..60),
         commit_every in 0..8usize,
         ttl in prop::sample::select(vec![50u64, 150, 86_400_000]),
+        restore in any::<bool>(),
     ) {
         let t = two_hunts(ttl);
-        let stage = run_stage(&t, &events, commit_every);
+        let stage = run_stage_restoring(&t, &events, commit_every, restore);
         let r = run_reference(&t, &events);
         let count = |o: &str| stage.iter().filter(|(x, _)| x == o).count() as u64;
         let accepted: Vec<(String, String)> = events

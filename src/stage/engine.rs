@@ -81,7 +81,8 @@ impl<L: StageLogic> Engine<L> {
         self.logic.on_rewind();
         self.clock.on_rewind();
         let started = Instant::now();
-        let restored = restore_partitions(&self.cfg, &self.store, partitions)?;
+        let logic = &self.logic;
+        let restored = restore_partitions(&self.cfg, &self.store, partitions, &|k, v| logic.index_for(k, v))?;
         self.metrics.restore_seconds.with_label_values(&[self.stage()]).observe(started.elapsed().as_secs_f64());
         let mut tpl = TopicPartitionList::new();
         for (p, r) in restored {
@@ -397,7 +398,7 @@ impl<L: StageLogic> Engine<L> {
                     1 => runtime(k) && k != POSITION_KEY,
                     _ => k == POSITION_KEY,
                 };
-                for (k, v) in writes.iter().filter(|(k, _)| in_group(k)) {
+                for (k, v) in writes.iter().filter(|(k, _)| in_group(k) && !self.logic.is_local_index(k)) {
                     let headers = OwnedHeaders::new()
                         .insert(Header { key: HEADER_SCHEMA, value: Some("changelog/v1") })
                         .insert(Header { key: HEADER_TXN, value: Some(&txn) });

@@ -299,6 +299,17 @@ pub trait StageLogic: Send + 'static {
     /// Uncommitted state was dropped (abort) or partitions moved: forget any
     /// in-memory cache of state and reload it lazily.
     fn on_rewind(&mut self) {}
+    /// Keys of a local index derived from other state: kept in the local
+    /// store, never written to the changelog (restore rebuilds them with
+    /// [`StageLogic::index_for`]), so they cost no changelog record.
+    fn is_local_index(&self, _key: &[u8]) -> bool {
+        false
+    }
+    /// The local index entry that a restored changelog record implies. A
+    /// deleted record implies none: an index must tolerate stale entries.
+    fn index_for(&self, _key: &[u8], _value: Option<&[u8]>) -> Option<(Vec<u8>, Vec<u8>)> {
+        None
+    }
 }
 
 #[cfg(test)]

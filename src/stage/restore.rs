@@ -19,6 +19,10 @@ use crate::state::{StateStore, Write};
 
 const BATCH: usize = 10_000;
 
+/// The stage's [`super::StageLogic::index_for`]: local index entries to
+/// rebuild next to a restored record.
+pub type IndexFor<'a> = dyn Fn(&[u8], Option<&[u8]>) -> Option<(Vec<u8>, Vec<u8>)> + 'a;
+
 /// What a restore did: records applied, and records it did not need to read
 /// because the local store already reflected them.
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,6 +41,7 @@ pub fn restore_partitions(
     cfg: &WorkerConfig,
     store: &StateStore,
     partitions: &[i32],
+    index_for: &IndexFor<'_>,
 ) -> Result<Vec<(i32, Restored)>, StageError> {
     let mut out: BTreeMap<i32, Restored> = BTreeMap::new();
     if partitions.is_empty() {
@@ -87,7 +92,7 @@ pub fn restore_partitions(
                 g.push(&m);
                 if g.ready.len() >= BATCH {
                     let next = g.open_from.unwrap_or(m.offset() + 1);
-                    flush_batch(store, p, &mut g.ready, next, &mut out)?;
+                    flush_batch(store, p, &mut g.ready, next, &mut out, index_for)?;
                 }
             }
             // The end of what read_committed may see: done once that is the
@@ -98,7 +103,7 @@ pub fn restore_partitions(
                     todo.remove(&p);
                     let g = groups.entry(p).or_default();
                     g.close(topic, p);
-                    flush_batch(store, p, &mut g.ready, position, &mut out)?;
+                    flush_batch(store, p, &mut g.ready, position, &mut out, index_for)?;
                 }
             }
             Some(Err(e)) => return Err(e.into()),
@@ -200,16 +205,25 @@ fn position_of(consumer: &BaseConsumer, topic: &str, p: i32) -> Result<i64, Stag
     })
 }
 
+/// Appends the local index entries that `batch`'s records imply.
+pub(crate) fn add_local_index(batch: &mut Vec<Write>, index_for: &IndexFor<'_>) {
+    let index: Vec<Write> =
+        batch.iter().filter_map(|(k, v)| index_for(k, v.as_deref())).map(|(k, v)| (k, Some(v))).collect();
+    batch.extend(index);
+}
+
 fn flush_batch(
     store: &StateStore,
     p: i32,
     batch: &mut Vec<Write>,
     next: i64,
     out: &mut BTreeMap<i32, Restored>,
+    index_for: &IndexFor<'_>,
 ) -> Result<(), StageError> {
     if let Some(r) = out.get_mut(&p) {
         r.applied += batch.len() as u64;
     }
+    add_local_index(batch, index_for);
     store.apply(p, batch, Some(next))?;
     batch.clear();
     Ok(())

@@ -16,6 +16,8 @@ pub struct LogicHarness<L: StageLogic> {
     _dir: tempfile::TempDir,
     pending: HashMap<i32, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     next: HashMap<i32, i64>,
+    /// What the runtime would have written to the changelog, per partition.
+    changelog: HashMap<i32, Vec<crate::state::Write>>,
 }
 
 impl<L: StageLogic> LogicHarness<L> {
@@ -23,7 +25,15 @@ impl<L: StageLogic> LogicHarness<L> {
     pub fn new(logic: L, time: TimeConfig) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = StateStore::open(dir.path(), StoreOptions::default()).expect("open store");
-        Self { logic, clock: Clock::new(time), store, _dir: dir, pending: HashMap::new(), next: HashMap::new() }
+        Self {
+            logic,
+            clock: Clock::new(time),
+            store,
+            _dir: dir,
+            pending: HashMap::new(),
+            next: HashMap::new(),
+            changelog: HashMap::new(),
+        }
     }
 
     pub fn feed(&mut self, partition: i32, key: &[u8], payload: &[u8]) -> Processed {
@@ -79,8 +89,27 @@ impl<L: StageLogic> LogicHarness<L> {
         }
         for (p, writes) in std::mem::take(&mut self.pending) {
             let writes: Vec<_> = writes.into_iter().collect();
+            let logged = writes.iter().filter(|(k, _)| !self.logic.is_local_index(k)).cloned();
+            self.changelog.entry(p).or_default().extend(logged);
             self.store.apply(p, &writes, None).expect("apply");
         }
+    }
+
+    /// Replaces the store with a fresh one restored from the changelog, as a
+    /// new owner of every partition would (uncommitted state is dropped).
+    pub fn restore_to_fresh_store(&mut self) {
+        self.abort();
+        let dir = tempfile::tempdir().expect("temp dir");
+        self.store = StateStore::open(dir.path(), StoreOptions::default()).expect("open store");
+        self._dir = dir;
+        let logic = &self.logic;
+        for (p, records) in &self.changelog {
+            let mut batch = records.clone();
+            super::restore::add_local_index(&mut batch, &|k, v| logic.index_for(k, v));
+            self.store.apply(*p, &batch, None).expect("apply");
+        }
+        self.logic.on_rewind();
+        self.clock.on_rewind();
     }
 
     /// Drops uncommitted state, as after an abort; returns to committed positions.
