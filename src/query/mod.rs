@@ -49,8 +49,7 @@ pub fn materialize(
     boards: Boards,
     cancel: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, QueryError> {
-    let consumer: BaseConsumer = client
-        .clone()
+    let consumer: BaseConsumer = crate::kafka::quick_fetch(client)
         .set("group.id", "huntflow-query")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")

@@ -153,9 +153,7 @@ fn worker_thread<L: StageLogic>(
     cancel: CancellationToken,
 ) -> Result<WorkerReport, StageError> {
     let engine = Arc::new(Mutex::new(engine(&cfg, logic, metrics)?));
-    let consumer: BaseConsumer<StageContext<L>> = cfg
-        .client
-        .clone()
+    let consumer: BaseConsumer<StageContext<L>> = crate::kafka::quick_fetch(&cfg.client)
         .set("group.id", &cfg.group_id)
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
