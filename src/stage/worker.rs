@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -71,7 +71,9 @@ pub struct WorkerReport {
 }
 
 struct StageContext<L: StageLogic> {
-    engine: Arc<Mutex<Engine<L>>>,
+    /// Set right after the consumer joins (see `worker_thread`); callbacks
+    /// run inside `poll`, which only starts once it is set.
+    engine: Arc<OnceLock<Mutex<Engine<L>>>>,
 }
 
 impl<L: StageLogic> ClientContext for StageContext<L> {}
@@ -79,7 +81,7 @@ impl<L: StageLogic> ClientContext for StageContext<L> {}
 impl<L: StageLogic> ConsumerContext for StageContext<L> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(_) = rebalance {
-            if let Ok(mut engine) = self.engine.lock() {
+            if let Some(Ok(mut engine)) = self.engine.get().map(Mutex::lock) {
                 engine.on_revoke(consumer);
             }
         }
@@ -87,7 +89,7 @@ impl<L: StageLogic> ConsumerContext for StageContext<L> {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let Ok(mut engine) = self.engine.lock() else { return };
+            let Some(Ok(mut engine)) = self.engine.get().map(Mutex::lock) else { return };
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             if let Err(e) = engine.on_assign(consumer, &partitions) {
                 engine.fatal.get_or_insert(e.to_string());
@@ -152,7 +154,7 @@ fn worker_thread<L: StageLogic>(
     metrics: WorkerMetrics,
     cancel: CancellationToken,
 ) -> Result<WorkerReport, StageError> {
-    let engine = Arc::new(Mutex::new(engine(&cfg, logic, metrics)?));
+    let slot = Arc::new(OnceLock::new());
     let consumer: BaseConsumer<StageContext<L>> = crate::kafka::quick_fetch(&cfg.client)
         .set("group.id", &cfg.group_id)
         .set("isolation.level", "read_committed")
@@ -166,19 +168,25 @@ fn worker_thread<L: StageLogic>(
         .set("group.instance.id", &cfg.transactional_id)
         .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
         .set("heartbeat.interval.ms", (cfg.session_timeout.as_millis() / 4).max(100).to_string())
-        .create_with_context(StageContext { engine: engine.clone() })?;
+        .create_with_context(StageContext { engine: slot.clone() })?;
     consumer.subscribe(&[&cfg.input_topic])?;
+    // Join first, then open the store and fence the predecessor
+    // (init_transactions): workers started together then join within the
+    // broker's initial rebalance delay instead of one after another, which
+    // costs a second rebalance (on the embedded broker ~session timeout).
+    let _ = slot.set(Mutex::new(engine(&cfg, logic, metrics)?));
+    let engine = slot.get().ok_or_else(|| StageError::Stop("worker engine missing".into()))?;
     let tick_every = cfg.commit_interval.min(Duration::from_millis(50));
     let (mut last_tick, mut last_lag) = (Instant::now(), Instant::now());
 
     loop {
         if cancel.is_cancelled() {
-            let mut e = lock(&engine)?;
+            let mut e = lock(engine)?;
             e.commit(&consumer)?;
             break;
         }
         let polled = consumer.poll(Duration::from_millis(20));
-        let mut e = lock(&engine)?;
+        let mut e = lock(engine)?;
         if let Some(fatal) = e.fatal.take() {
             return Err(StageError::Stop(fatal));
         }
@@ -209,7 +217,7 @@ fn worker_thread<L: StageLogic>(
             e.commit(&consumer)?;
         }
     }
-    let report = lock(&engine)?.report.clone();
+    let report = lock(engine)?.report.clone();
     drop(consumer);
     Ok(report)
 }
