@@ -20,13 +20,15 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// "p50 X ms, p99 Y ms, max Z ms (n samples)" of unsorted millisecond values.
+/// "p50 X ms, p90 Y ms, p99 Z ms, max W ms (n samples)" of unsorted
+/// millisecond values.
 pub fn summary_ms(values: &[f64]) -> String {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     format!(
-        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)",
+        "p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)",
         percentile(&v, 0.5),
+        percentile(&v, 0.9),
         percentile(&v, 0.99),
         v.last().copied().unwrap_or(0.0),
         v.len()
